@@ -1,0 +1,102 @@
+"""Progress events: how a running job tells the control plane what happened.
+
+The driver posts events to ``POST /v1/internal/jobs/{id}/events`` with the job's own token.
+Every event has a key that is unique within its job and deterministic (``trial.epoch:<trial>:3``),
+so a batch that is sent twice, after a timeout say, is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+EventType = Literal[
+    "job.running",
+    "trial.started",
+    "trial.epoch",
+    "trial.finished",
+    "trial.failed",
+    "job.succeeded",
+    "job.failed",
+]
+
+
+class Event(BaseModel):
+    key: str = Field(min_length=1, max_length=200)
+    type: EventType
+    ts: float = Field(default_factory=time.time)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(BaseModel):
+    events: list[Event] = Field(max_length=1000)
+
+
+class EventSink:
+    """Posts events from a background thread, in order, retrying until the API takes them.
+
+    Tune callbacks run on the driver's main loop; a slow or restarting API must not stall
+    the search, so ``emit`` only enqueues.
+    """
+
+    def __init__(self, api_url: str, job_id: str, token: str, timeout: float = 10.0) -> None:
+        self._url = f"{api_url.rstrip('/')}/v1/internal/jobs/{job_id}/events"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._client = httpx.Client(timeout=timeout)
+        self._thread = threading.Thread(target=self._run, name="crucible-events", daemon=True)
+        self._thread.start()
+
+    def emit(self, type: EventType, key: str, **data: Any) -> None:
+        self._queue.put(Event(key=key, type=type, data=data))
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Flush what is queued; False when the API could not be reached in time."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._client.close()
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch: list[Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+                if len(batch) >= 200:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._send(batch)
+
+    def _send(self, batch: list[Event]) -> None:
+        body = EventBatch(events=batch).model_dump(mode="json")
+        delay = 0.5
+        while True:
+            try:
+                r = self._client.post(self._url, json=body, headers=self._headers)
+                if r.status_code < 500:
+                    if r.status_code >= 400:
+                        # A 4xx will not change on retry (job cancelled, token revoked).
+                        log.warning("control plane refused events: %s %s", r.status_code, r.text)
+                    return
+                log.warning("control plane answered %s; retrying", r.status_code)
+            except httpx.HTTPError as exc:
+                log.warning("cannot reach control plane (%s); retrying", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,346 @@
+"""The job spec: what a team asks Crucible to do, validated before anything runs.
+
+This module is the contract between the control plane and the cluster: the API validates a
+spec with these models and stores it; the job driver reads the same models back. The JSON
+Schema served at ``GET /v1/spec/schema`` is generated from here, so every field carries a
+description.
+
+Checks that need more than one field (search paths, metric/mode agreement) or the dataset's
+columns live in :func:`check_spec` and :func:`check_against_columns`; they return every
+problem at once, each with the dotted path of the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a spec must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    validation: float = Field(0.15, gt=0, lt=1, description="Fraction of rows for validation.")
+    test: float = Field(0.15, gt=0, lt=1, description="Fraction of rows held out for the test.")
+    seed: int = Field(0, ge=0, description="Seed of the shuffle; same seed, same split.")
+    stratify: bool = Field(
+        True, description="Keep class proportions equal across splits (classification only)."
+    )
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitSpec:
+        if self.validation + self.test >= 0.9:
+            raise ValueError("validation + test must leave at least 10% of rows for training")
+        return self
+
+
+class DatasetRef(_Strict):
+    id: str = Field(description="Id of a registered dataset (see GET /v1/datasets).")
+    target: str = Field(min_length=1, description="Column to predict.")
+    features: list[str] | None = Field(
+        None,
+        description="Input columns; default: every column but the target and the sensitive "
+        "features.",
+    )
+    split: SplitSpec = Field(default_factory=lambda: SplitSpec())
+
+
+class PreprocessingSpec(_Strict):
+    impute: Literal["median", "mean"] = Field(
+        "median", description="How missing numeric values are filled (fitted on training rows)."
+    )
+    scale: Literal["standard", "minmax", "none"] = Field(
+        "standard", description="Scaling of numeric columns (fitted on training rows)."
+    )
+    categorical: Literal["one_hot"] = Field(
+        "one_hot",
+        description="Encoding of text columns; categories unseen in training encode as all zeros.",
+    )
+
+
+class MLPSpec(_Strict):
+    architecture: Literal["mlp"] = Field("mlp", description="Model family.")
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [64, 32],
+        min_length=1,
+        max_length=8,
+        description="Width of each hidden layer.",
+    )
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"] = Field(
+        "relu", description="Activation after each hidden layer."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+
+
+class EarlyStoppingSpec(_Strict):
+    metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
+        "val_loss", description="Validation metric watched for improvement."
+    )
+    patience: int = Field(3, ge=1, le=1000, description="Epochs without improvement to wait.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainingSpec(_Strict):
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam")
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Step size of the optimizer.")
+    batch_size: int = Field(128, ge=1, le=65536)
+    epochs: int = Field(10, ge=1, le=1000)
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 penalty.")
+    seed: int = Field(0, ge=0, description="Seed of weight init and batch order.")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="Stop a trial when its validation metric stops improving."
+    )
+
+
+class Domain(_Strict):
+    """One searchable dimension: exactly one of the four keys."""
+
+    choice: list[Any] | None = Field(None, description="Pick one of these values.")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high) uniformly.")
+    loguniform: tuple[float, float] | None = Field(
+        None, description="[low, high) uniformly in log space; low > 0."
+    )
+    randint: tuple[int, int] | None = Field(None, description="An integer in [low, high).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Domain:
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k)]
+        if self.choice == []:
+            raise ValueError("choice must list at least one value")
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds is not None:
+            low, high = bounds
+            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+                raise ValueError(f"{given[0]} needs finite low < high, got [{low}, {high}]")
+            if self.loguniform and low <= 0:
+                raise ValueError("loguniform needs low > 0")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values that bound the domain, used to check them against the field they set."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint is not None:
+            return [self.randint[0], self.randint[1] - 1]
+        bounds = self.uniform or self.loguniform
+        assert bounds is not None
+        return [bounds[0], bounds[1]]
+
+
+SEARCH_METRICS = ("val_accuracy", "val_f1_macro", "val_loss")
+SearchMetric = Literal["val_accuracy", "val_f1_macro", "val_loss"]
+
+
+class SearchSpec(_Strict):
+    space: dict[str, Domain] = Field(
+        default_factory=dict,
+        description="Searchable fields by dotted path, e.g. 'training.learning_rate'.",
+    )
+    algorithm: Literal["random"] = Field("random", description="Search algorithm.")
+    num_trials: int = Field(4, ge=1, le=1000, description="Trials to run.")
+    max_concurrent: int = Field(2, ge=1, le=256, description="Trials running at once.")
+    metric: SearchMetric = Field("val_accuracy", description="Validation metric to optimise.")
+    mode: Literal["max", "min"] | None = Field(
+        None, description="max or min; default follows the metric (min for losses)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the sampler.")
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        if self.mode is not None:
+            return self.mode
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+class ResourcesSpec(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0, le=256, description="CPUs reserved by each trial.")
+
+
+ThresholdName = Literal[
+    "demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference"
+]
+
+
+def _default_thresholds() -> dict[ThresholdName, float]:
+    return {"demographic_parity_ratio": 0.8}
+
+
+class AuditSpec(_Strict):
+    sensitive_features: list[str] = Field(
+        default_factory=list, description="Columns whose groups are compared in the audit."
+    )
+    positive_label: str | None = Field(
+        None,
+        description="Class counted as the favourable outcome; default: the last class in "
+        "sorted order (e.g. '>50K').",
+    )
+    use_as_features: bool = Field(
+        False, description="Also feed the sensitive columns to the model (off by default)."
+    )
+    thresholds: dict[ThresholdName, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=_default_thresholds,
+        description="Limits each sensitive feature must meet: the ratio at least its value, "
+        "the differences at most theirs. Default: the four-fifths rule on demographic parity "
+        "(a configurable convention, not a legal test).",
+    )
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="A short name for the job.")
+    dataset: DatasetRef
+    preprocessing: PreprocessingSpec = Field(default_factory=lambda: PreprocessingSpec())
+    model: MLPSpec = Field(default_factory=lambda: MLPSpec())
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec())
+    search: SearchSpec = Field(default_factory=lambda: SearchSpec())
+    resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
+    audit: AuditSpec = Field(default_factory=lambda: AuditSpec())
+
+
+# Sections whose fields a search may set. The dataset, the search itself and the audit are
+# fixed for a job: searching them would compare trials on different data or goals.
+SEARCHABLE_SECTIONS = ("model", "training", "preprocessing")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    loc: tuple[str | int, ...]
+    msg: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg}
+
+
+def _field_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    field = model.model_fields[name]
+    annotation = field.annotation
+    for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def resolve_path(path: str) -> str | None:
+    """Return why ``path`` names no searchable field, or None when it does."""
+    parts = path.split(".")
+    if parts[0] not in SEARCHABLE_SECTIONS:
+        return f"'{path}' is not searchable: paths start with one of {list(SEARCHABLE_SECTIONS)}"
+    model: type[BaseModel] | None = JobSpec
+    for i, part in enumerate(parts):
+        if model is None or part not in model.model_fields:
+            return f"'{path}' names no field of the spec"
+        if i == len(parts) - 1:
+            inner = _field_model(model, part)
+            if inner is not None:
+                return f"'{path}' is a section; name one of its fields"
+            return None
+        model = _field_model(model, part)
+    return None
+
+
+def apply_overrides(spec_dict: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a spec dict with dotted-path values set (missing sections created)."""
+    import copy
+
+    out = copy.deepcopy(spec_dict)
+    for path, value in overrides.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return out
+
+
+def check_spec(spec: JobSpec) -> list[FieldError]:
+    """Problems that span fields; an empty list means the spec is sound on its own."""
+    errors: list[FieldError] = []
+    s = spec.search
+    if s.mode is not None:
+        natural = "min" if s.metric.endswith("loss") else "max"
+        if s.mode != natural:
+            errors.append(
+                FieldError(
+                    ("search", "mode"),
+                    f"metric '{s.metric}' is optimised with mode '{natural}', not '{s.mode}'",
+                )
+            )
+    base = spec.model_dump(mode="json")
+    for path, domain in s.space.items():
+        loc: tuple[str | int, ...] = ("search", "space", path)
+        why = resolve_path(path)
+        if why is not None:
+            errors.append(FieldError(loc, why))
+            continue
+        for value in domain.candidates():
+            try:
+                JobSpec.model_validate(apply_overrides(base, {path: value}))
+            except ValidationError as exc:
+                detail = "; ".join(e["msg"] for e in exc.errors())
+                errors.append(FieldError(loc, f"value {value!r} is not valid for {path}: {detail}"))
+                break
+    sens = spec.audit.sensitive_features
+    if spec.dataset.target in sens:
+        errors.append(
+            FieldError(("audit", "sensitive_features"), "the target cannot be a sensitive feature")
+        )
+    if len(set(sens)) != len(sens):
+        errors.append(FieldError(("audit", "sensitive_features"), "names a column twice"))
+    return errors
+
+
+def check_against_columns(spec: JobSpec, columns: list[str]) -> list[FieldError]:
+    """Problems found by comparing the spec with the dataset's columns."""
+    errors: list[FieldError] = []
+    known = set(columns)
+    if spec.dataset.target not in known:
+        errors.append(
+            FieldError(
+                ("dataset", "target"),
+                f"column '{spec.dataset.target}' is not in the dataset; columns: {columns}",
+            )
+        )
+    for i, name in enumerate(spec.audit.sensitive_features):
+        if name not in known:
+            errors.append(
+                FieldError(
+                    ("audit", "sensitive_features", i), f"column '{name}' is not in the dataset"
+                )
+            )
+    for i, name in enumerate(spec.dataset.features or []):
+        if name not in known:
+            errors.append(
+                FieldError(("dataset", "features", i), f"column '{name}' is not in the dataset")
+            )
+        elif name == spec.dataset.target:
+            errors.append(
+                FieldError(("dataset", "features", i), "the target cannot be an input feature")
+            )
+    return errors
+
+
+def feature_columns(spec: JobSpec, columns: list[str]) -> list[str]:
+    """The model's input columns, in dataset order."""
+    if spec.dataset.features is not None:
+        return list(spec.dataset.features)
+    excluded = {spec.dataset.target}
+    if not spec.audit.use_as_features:
+        excluded |= set(spec.audit.sensitive_features)
+    return [c for c in columns if c not in excluded]
+
+
+def effective_spec(spec: JobSpec, overrides: dict[str, Any]) -> JobSpec:
+    """The spec one trial trains with: the job's spec with the trial's sampled values."""
+    if not overrides:
+        return spec
+    return JobSpec.model_validate(apply_overrides(spec.model_dump(mode="json"), overrides))

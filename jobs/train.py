@@ -1,0 +1,130 @@
+"""The per-trial training loop: plain PyTorch, no Ray inside.
+
+Ray Tune calls :func:`fit` from a function trainable (see ``jobs/search.py``); keeping the loop
+free of Ray makes it testable on its own and reusable under Ray Train when a trial spans
+several workers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from jobs.evaluate import validation_metrics
+from jobs.spec import TrainingSpec
+
+StateDict = dict[str, torch.Tensor]
+# (epoch starting at 1, metrics, whether this is the trial's last epoch, best weights so far)
+EpochCallback = Callable[[int, dict[str, float], bool, StateDict], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message tells the user what to change."""
+
+
+@dataclass(frozen=True)
+class TrainData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_classes: int
+
+
+def make_optimizer(spec: TrainingSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    lr, wd = spec.learning_rate, spec.weight_decay
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+
+
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 8192) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        t = torch.from_numpy(np.require(x, requirements="W"))
+        return torch.cat([model(t[i : i + batch_size]) for i in range(0, len(t), batch_size)])
+
+
+def _better(a: float, b: float, mode: str, min_delta: float = 0.0) -> bool:
+    return a < b - min_delta if mode == "min" else a > b + min_delta
+
+
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    spec: TrainingSpec,
+    select_metric: str,
+    select_mode: Literal["max", "min"],
+    on_epoch: EpochCallback,
+) -> StateDict:
+    """Train ``model``; return the weights of the epoch that scored best on ``select_metric``."""
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    # Arrays from Ray's object store are read-only; torch wants writable memory.
+    x = torch.from_numpy(np.require(data.x_train, requirements="W"))
+    y = torch.from_numpy(np.require(data.y_train, requirements="W"))
+    y_val = torch.from_numpy(np.require(data.y_val, requirements="W"))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(spec, list(model.parameters()))
+
+    best_state: StateDict = {}
+    best_score = math.inf if select_mode == "min" else -math.inf
+    es = spec.early_stopping
+    es_mode = "min" if es is not None and es.metric.endswith("loss") else "max"
+    es_best = math.inf if es_mode == "min" else -math.inf
+    stale = 0
+
+    for epoch in range(1, spec.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(order), spec.batch_size):
+            idx = order[i : i + spec.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} in epoch {epoch}; "
+                    "try a lower training.learning_rate"
+                )
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+
+        logits = predict_logits(model, data.x_val)
+        metrics = {
+            "train_loss": total / max(count, 1),
+            "val_loss": float(loss_fn(logits, y_val)) if len(y_val) else math.nan,
+            **validation_metrics(data.y_val, logits.argmax(1).numpy(), data.n_classes),
+        }
+        metrics["epoch_seconds"] = time.perf_counter() - started
+
+        score = metrics[select_metric]
+        if not best_state or _better(score, best_score, select_mode):
+            best_score = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        last = epoch == spec.epochs
+        if es is not None:
+            if _better(metrics[es.metric], es_best, es_mode, es.min_delta):
+                es_best, stale = metrics[es.metric], 0
+            else:
+                stale += 1
+                last = last or stale >= es.patience
+        on_epoch(epoch, metrics, last, best_state)
+        if last:
+            break
+    return best_state

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command of the README and of CI: install, make sure PostgreSQL answers (the store
+# tests run on SQLite and on PostgreSQL), then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,107 @@
+"""The FastAPI application: wiring of settings, store, Ray gateway, reconciler and routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from services import __version__
+from services.api import errors
+from services.api.deps import Services
+from services.api.metrics import Metrics
+from services.api.routers import datasets, health, internal, jobs, models, spec
+from services.config import Settings
+from services.core.auth import ensure_bootstrap_token
+from services.core.datasets import seed_builtins
+from services.orchestrator.ray_gateway import RayGateway
+from services.orchestrator.reconciler import Reconciler
+from services.orchestrator.serve_deployer import ServeDeployer
+from services.store.db import Database, migrate
+from services.store.repositories import JobRepository, TrialRepository
+
+log = logging.getLogger("crucible.api")
+
+
+def build_services(settings: Settings) -> Services:
+    db = Database(settings.resolved_database_url)
+    gateway = RayGateway(settings.resolved_ray_dashboard_url, settings.ray_auth_token)
+    return Services(
+        settings=settings,
+        db=db,
+        gateway=gateway,
+        reconciler=Reconciler(settings, db, gateway),
+        deployer=ServeDeployer(settings, gateway),
+    )
+
+
+def prepare_store(services: Services) -> str | None:
+    """Migrate, seed the built-in datasets, ensure the admin token (returned if new)."""
+    migrate(services.db.engine)
+    with services.db.session() as s:
+        seed_builtins(s)
+    return ensure_bootstrap_token(services.db, services.settings)
+
+
+def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        new_token = prepare_store(services)
+        if new_token is not None:
+            # Shown once; only its hash is stored. It is also in <data-dir>/token (0600).
+            print(
+                f"\nAdmin token (saved to {settings.data_dir / 'token'}):\n  {new_token}\n",
+                flush=True,
+            )
+        if reconcile:
+            services.reconciler.start()
+        try:
+            yield
+        finally:
+            services.reconciler.stop()
+            services.gateway.close()
+            services.db.engine.dispose()
+
+    app = FastAPI(
+        title="Crucible",
+        version=__version__,
+        lifespan=lifespan,
+        description="Training cluster service: search, audit, promote, serve.",
+    )
+    app.state.services = services
+
+    def counts() -> tuple[dict[str, int], dict[str, int]]:
+        with services.db.session() as s:
+            return JobRepository(s).count_by_status(), TrialRepository(s).count_by_status()
+
+    app.state.metrics = metrics = Metrics(counts)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    errors.install(app)
+    for router in (
+        health.router,
+        datasets.router,
+        jobs.router,
+        models.router,
+        spec.router,
+        internal.router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,27 @@
+"""Routes the cluster calls: a running job reports its progress here with its job token."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+
+from jobs.events import EventBatch
+from services.api.deps import ServicesDep
+from services.core.auth import bearer, check_job_token
+from services.core.jobs import apply_events
+
+router = APIRouter(prefix="/v1/internal", tags=["internal"], include_in_schema=False)
+
+
+@router.post("/jobs/{job_id}/events")
+def post_events(
+    job_id: str,
+    batch: EventBatch,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    check_job_token(services.settings.resolved_secret_key, job_id, bearer(authorization))
+    with services.db.session() as s:
+        new = apply_events(s, job_id, batch.events)
+    return {"accepted": len(batch.events), "new": new}

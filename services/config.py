@@ -1,0 +1,88 @@
+"""All control-plane settings in one object, read from ``CRUCIBLE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> tuple[str, bool]:
+    """A secret kept in a file readable by its owner only; True when it was just created."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value, True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".crucible",
+        description="SQLite database, artifacts and secrets of the embedded default.",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite in data_dir."
+    )
+    artifact_root: str | None = Field(None, description="Datasets, manifests and model bundles.")
+    bootstrap_token: SecretStr | None = Field(None, description="Admin token to accept.")
+    secret_key: SecretStr | None = Field(
+        None, description="Signs per-job tokens; default: generated into data_dir/secret_key."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_url: str | None = Field(None, description="How the cluster reaches this API.")
+    ray_dashboard_url: str | None = Field(
+        None, description="Ray's dashboard (Jobs and Serve REST APIs); derived from RAY_ADDRESS."
+    )
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_url: str | None = Field(None, description="Public base URL of the Serve endpoints.")
+    reconcile_interval_s: float = Field(2.0, gt=0)
+    deploy_timeout_s: float = Field(180.0, gt=0)
+    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'crucible.db'}"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return Path(self.artifact_root) if self.artifact_root else self.data_dir / "artifacts"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def resolved_serve_url(self) -> str:
+        return (self.serve_url or f"http://127.0.0.1:{self.serve_port}").rstrip("/")
+
+    @property
+    def resolved_ray_dashboard_url(self) -> str:
+        if self.ray_dashboard_url:
+            return self.ray_dashboard_url.rstrip("/")
+        address = os.environ.get("RAY_ADDRESS", "")
+        if address.startswith(("http://", "https://")):
+            return address.rstrip("/")
+        host = address.split(":")[0] if address and address != "auto" else "127.0.0.1"
+        return f"http://{host}:8265"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        return read_or_create_secret(self.data_dir / "secret_key")[0]
+
+    @property
+    def ray_auth_token(self) -> str | None:
+        return os.environ.get("RAY_AUTH_TOKEN") or None

@@ -1,0 +1,52 @@
+"""One hierarchy of domain errors; the API maps each to its status code in one handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    status_code = 400
+    kind = "bad_request"
+
+    def __init__(self, detail: str, fields: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields = fields or []
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+    kind = "unauthorized"
+
+
+class NotFound(DomainError):
+    status_code = 404
+    kind = "not_found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    kind = "conflict"
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    kind = "payload_too_large"
+
+
+class Invalid(DomainError):
+    status_code = 422
+    kind = "invalid"
+
+
+class Unavailable(DomainError):
+    status_code = 503
+    kind = "unavailable"
+
+
+class UpstreamFailed(DomainError):
+    """Ray refused or failed what we asked of it."""
+
+    status_code = 502
+    kind = "upstream_failed"

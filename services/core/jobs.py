@@ -1,0 +1,221 @@
+"""Jobs: validation of a submission, the views the API returns, and applying progress events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from jobs.events import Event
+from jobs.spec import FieldError, JobSpec, check_against_columns, check_spec, feature_columns
+from services.core.datasets import get_dataset
+from services.core.errors import Conflict, Invalid, NotFound
+from services.core.ids import new_id
+from services.core.states import TERMINAL, can_transition, transition
+from services.store.models import Job, JobEvent, Trial, TrialEpoch, utcnow
+from services.store.repositories import EventRepository, JobRepository, TrialRepository
+
+
+def pydantic_fields(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+
+
+def validate_spec(session: Session, raw: Any) -> JobSpec:
+    """Every check a spec must pass before a job exists; raises with each bad field."""
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise Invalid("the job spec is invalid", pydantic_fields(exc)) from exc
+    errors = check_spec(spec)
+    dataset = get_dataset_or_field_error(session, spec.dataset.id)
+    kinds = {c["name"]: c["kind"] for c in dataset.columns}
+    errors += check_against_columns(spec, list(kinds))
+    target = spec.dataset.target
+    if target in kinds and kinds[target] is None:
+        errors.append(FieldError(("dataset", "target"), f"column '{target}' cannot be a label"))
+    for name in feature_columns(spec, list(kinds)):
+        if name in kinds and kinds[name] is None:
+            errors.append(
+                FieldError(
+                    ("dataset", "features"),
+                    f"column '{name}' has a type a tabular model cannot use; "
+                    "list the usable columns in dataset.features",
+                )
+            )
+    if errors:
+        raise Invalid("the job spec is invalid", [e.as_dict() for e in errors])
+    return spec
+
+
+def get_dataset_or_field_error(session: Session, dataset_id: str) -> Any:
+    try:
+        return get_dataset(session, dataset_id)
+    except NotFound:
+        raise NotFound(
+            f"no dataset '{dataset_id}'",
+            [{"loc": ["dataset", "id"], "msg": f"no dataset '{dataset_id}'"}],
+        ) from None
+
+
+def create_job(session: Session, spec: JobSpec, created_by: str | None) -> Job:
+    return JobRepository(session).add(
+        Job(
+            id=new_id("job"),
+            name=spec.name,
+            status="queued",
+            spec=spec.model_dump(mode="json"),
+            dataset_id=spec.dataset.id,
+            created_by=created_by,
+        )
+    )
+
+
+def get_job(session: Session, job_id: str, for_update: bool = False) -> Job:
+    job = JobRepository(session).get(job_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"no job '{job_id}'")
+    return job
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    job = get_job(session, job_id, for_update=True)
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job_id} has already {job.status}")
+    job.cancel_requested = True
+    transition(job, "cancelled", error="cancelled by request")
+    for trial in TrialRepository(session).running_for_job(job_id):
+        trial.status = "cancelled"
+        trial.finished_at = utcnow()
+    return job
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    duration = None
+    if job.started_at and job.finished_at:
+        duration = (job.finished_at - job.started_at).total_seconds()
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "dataset_id": job.dataset_id,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "submitted_at": _iso(job.submitted_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "duration_s": duration,
+        "best_trial": (
+            {"trial_id": job.best_trial_key, "metrics": job.best_metrics}
+            if job.best_trial_key
+            else None
+        ),
+        "spec": job.spec,
+    }
+
+
+def trials_view(session: Session, job_id: str) -> list[dict[str, Any]]:
+    repo = TrialRepository(session)
+    trials = repo.for_job(job_id)
+    history: dict[int, list[dict[str, Any]]] = {t.id: [] for t in trials}
+    for e in repo.epochs([t.id for t in trials]):
+        history[e.trial_id].append({"epoch": e.epoch, **e.metrics})
+    return [
+        {
+            "trial_id": t.trial_key,
+            "number": t.number,
+            "status": t.status,
+            "config": t.config,
+            "metrics": t.metrics,
+            "epochs_completed": t.epochs_completed,
+            "error": t.error,
+            "started_at": _iso(t.started_at),
+            "finished_at": _iso(t.finished_at),
+            "history": history[t.id],
+        }
+        for t in trials
+    ]
+
+
+# --- progress events ------------------------------------------------------------------------
+
+
+def _trial(session: Session, job_id: str, key: str) -> Trial:
+    repo = TrialRepository(session)
+    trial = repo.by_key(job_id, key)
+    if trial is None:
+        # Events can outrun each other across retries; an epoch may name a trial we have
+        # not seen start yet.
+        trial = repo.add(Trial(job_id=job_id, trial_key=key, status="running", started_at=utcnow()))
+    return trial
+
+
+def apply_events(session: Session, job_id: str, events: list[Event]) -> int:
+    """Store and apply a batch of progress events; return how many were new."""
+    job = get_job(session, job_id, for_update=True)
+    events_repo = EventRepository(session)
+    trials = TrialRepository(session)
+    new = 0
+    for ev in events:
+        stored = events_repo.add_if_new(
+            JobEvent(job_id=job_id, key=ev.key, type=ev.type, ts=ev.ts, data=ev.data)
+        )
+        if not stored:
+            continue
+        new += 1
+        d = ev.data
+        if ev.type == "job.running":
+            if can_transition(job.status, "running"):
+                transition(job, "running")
+        elif ev.type == "trial.started":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            trial.number = d.get("number")
+            trial.config = d.get("config", {})
+        elif ev.type == "trial.epoch":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            epoch = int(d["epoch"])
+            if trials.add_epoch(TrialEpoch(trial_id=trial.id, epoch=epoch, metrics=d["metrics"])):
+                trial.epochs_completed = max(trial.epochs_completed, epoch)
+                trial.metrics = {**d["metrics"], "epoch": epoch}
+        elif ev.type == "trial.finished":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            trial.status = "succeeded"
+            trial.finished_at = utcnow()
+        elif ev.type == "trial.failed":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            trial.status = "failed"
+            trial.error = d.get("error")
+            trial.finished_at = utcnow()
+        elif ev.type == "job.succeeded":
+            ingest_result(job, d)
+        elif ev.type == "job.failed" and can_transition(job.status, "failed"):
+            transition(job, "failed", error=str(d.get("error") or "the job failed"))
+    return new
+
+
+def ingest_result(job: Job, result: dict[str, Any]) -> None:
+    """Record a finished job's outcome (from its event, or its result file after an outage)."""
+    if not can_transition(job.status, "succeeded"):
+        return
+    if job.status == "queued":
+        transition(job, "running")
+    best = result["best_trial"]
+    job.best_trial_key = best["trial_id"]
+    job.best_metrics = best["metrics"]
+    job.evaluation = result["evaluation"]
+    job.audit = result["audit"]
+    job.bundle_uri = result["bundle"]["uri"]
+    job.bundle_digest = result["bundle"]["digest"]
+    transition(job, "succeeded")
+
+
+def require_result(job: Job, what: str) -> dict[str, Any]:
+    doc = job.evaluation if what == "evaluation" else job.audit
+    if doc is None:
+        raise Conflict(f"job {job.id} is {job.status}; its {what} exists once it has succeeded")
+    return doc

@@ -1,0 +1,1 @@
+"""Everything the control plane asks of Ray: jobs, Serve applications, reconciliation."""

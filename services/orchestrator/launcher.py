@@ -1,0 +1,51 @@
+"""Launching a queued job on Ray: its manifest in artifact storage, then one Ray job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from services.config import Settings
+from services.core.auth import job_token
+from services.orchestrator.ray_gateway import RayGateway, RayJob
+
+# The only command the cluster is ever asked to run; the job id is ours, never user text.
+ENTRYPOINT = ("python", "-m", "jobs.run")
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.resolved_artifact_root / "jobs" / job_id
+
+
+def write_manifest(
+    settings: Settings, job_id: str, spec: dict[str, Any], dataset: dict[str, Any]
+) -> Path:
+    folder = job_dir(settings, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"job_id": job_id, "spec": spec, "dataset": dataset}, indent=2))
+    tmp.replace(path)  # a driver never reads a half-written manifest
+    return path
+
+
+def launch(
+    settings: Settings,
+    gateway: RayGateway,
+    job_id: str,
+    spec: dict[str, Any],
+    dataset: dict[str, Any],
+) -> RayJob:
+    write_manifest(settings, job_id, spec, dataset)
+    env = {
+        "CRUCIBLE_ARTIFACT_ROOT": str(settings.resolved_artifact_root),
+        "CRUCIBLE_API_URL": settings.resolved_api_url,
+        "CRUCIBLE_JOB_TOKEN": job_token(settings.resolved_secret_key, job_id),
+        "PYTHONUNBUFFERED": "1",
+        # Tune warns when it snapshots often; small trials on a laptop do exactly that.
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    }
+    return gateway.submit_job(
+        job_id, [*ENTRYPOINT, job_id], env, metadata={"crucible_job_id": job_id}
+    )

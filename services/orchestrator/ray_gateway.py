@@ -1,0 +1,120 @@
+"""The control plane's only door to Ray: its dashboard's REST APIs for jobs and Serve.
+
+Speaking HTTP rather than importing ``ray`` keeps the API process light (no Ray driver, no
+worker threads) and works the same against a local head or a KubeRay cluster. Ray's token auth
+stays on: every call carries ``RAY_AUTH_TOKEN`` as a bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.core.errors import UpstreamFailed
+
+log = logging.getLogger(__name__)
+
+RAY_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+@dataclass(frozen=True)
+class RayJob:
+    submission_id: str
+    status: str  # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    message: str | None
+
+
+class RayGateway:
+    def __init__(self, dashboard_url: str, auth_token: str | None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        self.url = dashboard_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"Ray dashboard at {self.url} unreachable: {exc}") from exc
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/api/version", timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def get_job(self, submission_id: str) -> RayJob | None:
+        r = self._request("GET", f"/api/jobs/{submission_id}")
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise UpstreamFailed(f"Ray job lookup failed: {r.status_code} {r.text[:300]}")
+        data = r.json()
+        return RayJob(data["submission_id"], data["status"], data.get("message"))
+
+    def submit_job(
+        self,
+        submission_id: str,
+        entrypoint: list[str],
+        env: dict[str, str],
+        metadata: dict[str, str],
+    ) -> RayJob:
+        """Submit once: a job that exists already is the success of an earlier try."""
+        existing = self.get_job(submission_id)
+        if existing is not None:
+            return existing
+        body = {
+            # The entrypoint is fixed by the caller (module and an id it generated); user
+            # input travels in the manifest, never through the shell.
+            "entrypoint": shlex.join(entrypoint),
+            "submission_id": submission_id,
+            "runtime_env": {"env_vars": env},
+            "metadata": metadata,
+        }
+        r = self._request("POST", "/api/jobs/", json=body)
+        if r.status_code != 200:
+            # Ray answers 500 when the id exists (a concurrent submit won the race).
+            existing = self.get_job(submission_id)
+            if existing is not None:
+                return existing
+            raise UpstreamFailed(f"Ray refused the job: {r.status_code} {r.text[:300]}")
+        return RayJob(submission_id, "PENDING", None)
+
+    def stop_job(self, submission_id: str) -> None:
+        r = self._request("POST", f"/api/jobs/{submission_id}/stop")
+        if r.status_code not in (200, 404):
+            raise UpstreamFailed(f"Ray could not stop the job: {r.status_code} {r.text[:300]}")
+
+    def job_logs_tail(self, submission_id: str, chars: int = 4000) -> str:
+        r = self._request("GET", f"/api/jobs/{submission_id}/logs")
+        if r.status_code != 200:
+            return ""
+        logs: str = r.json().get("logs", "")
+        return logs[-chars:]
+
+    def cluster_resources(self) -> dict[str, Any]:
+        r = self._request("GET", "/api/cluster_status")
+        return r.json() if r.status_code == 200 else {}
+
+    # --- serve ----------------------------------------------------------------------------
+
+    def serve_applications(self) -> dict[str, Any]:
+        r = self._request("GET", "/api/serve/applications/")
+        if r.status_code != 200:
+            raise UpstreamFailed(f"Serve status failed: {r.status_code} {r.text[:300]}")
+        data: dict[str, Any] = r.json()
+        return data
+
+    def put_serve_config(self, config: dict[str, Any]) -> None:
+        """Declare every Serve application at once (Serve's REST API replaces the whole set)."""
+        r = self._request("PUT", "/api/serve/applications/", json=config)
+        if r.status_code != 200:
+            raise UpstreamFailed(f"Serve refused the config: {r.status_code} {r.text[:500]}")

@@ -1,0 +1,151 @@
+"""Keeps the database in line with Ray: launches queued jobs and settles finished ones.
+
+It runs as a thread in each API process. Everything it does is idempotent (Ray submission ids
+are job ids; results are applied once by state), so a restarted API, or two of them, converge
+on the same state without launching a job twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from services.config import Settings
+from services.core.errors import DomainError
+from services.core.jobs import ingest_result
+from services.core.states import TERMINAL, can_transition, transition
+from services.orchestrator.launcher import job_dir, launch
+from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway
+from services.store.db import Database
+from services.store.models import Job, utcnow
+from services.store.repositories import DatasetRepository, JobRepository
+
+log = logging.getLogger(__name__)
+
+# How long a submitted job may be unknown to Ray before we call it lost.
+LOST_AFTER = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    id: str
+    status: str
+    submitted: bool
+    spec: dict
+    dataset: dict
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, db: Database, gateway: RayGateway) -> None:
+        self.settings = settings
+        self.db = db
+        self.gateway = gateway
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="crucible-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+            self._wake.wait(self.settings.reconcile_interval_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        with self.db.session() as s:
+            datasets = DatasetRepository(s)
+            snapshots = []
+            for job in JobRepository(s).active():
+                ds = datasets.get(job.dataset_id)
+                assert ds is not None  # foreign key
+                snapshots.append(
+                    _Snapshot(
+                        job.id,
+                        job.status,
+                        job.submitted_at is not None,
+                        job.spec,
+                        {"id": ds.id, "uri": ds.uri, "sha256": ds.sha256},
+                    )
+                )
+        for snap in snapshots:
+            if self._stop.is_set():
+                return
+            try:
+                if not snap.submitted:
+                    self._launch(snap)
+                else:
+                    self._settle(snap.id)
+            except DomainError as exc:
+                log.warning("job %s: %s", snap.id, exc.detail)
+
+    def _launch(self, snap: _Snapshot) -> None:
+        launch(self.settings, self.gateway, snap.id, snap.spec, snap.dataset)
+        with self.db.session() as s:
+            job = JobRepository(s).get(snap.id, for_update=True)
+            if job is not None and job.submitted_at is None:
+                job.submitted_at = utcnow()
+            if job is not None and job.status == "cancelled":
+                # Cancelled while we were submitting: stop what we just started.
+                self.gateway.stop_job(snap.id)
+
+    def _settle(self, job_id: str) -> None:
+        ray_job = self.gateway.get_job(job_id)
+        with self.db.session() as s:
+            job = JobRepository(s).get(job_id, for_update=True)
+            if job is None or job.status in TERMINAL:
+                return
+            if ray_job is None:
+                assert job.submitted_at is not None
+                if utcnow() - _aware(job) > LOST_AFTER:
+                    transition(
+                        job,
+                        "failed",
+                        error="Ray has no record of this job (was the cluster restarted?)",
+                    )
+                return
+            if ray_job.status == "RUNNING" and job.status == "queued":
+                transition(job, "running")
+            elif ray_job.status in RAY_TERMINAL:
+                self._finish(job, ray_job.status, ray_job.message)
+
+    def _finish(self, job: Job, ray_status: str, message: str | None) -> None:
+        """Ray says the driver is done but its final event never arrived: settle from Ray."""
+        result = job_dir(self.settings, job.id) / "result.json"
+        if ray_status == "SUCCEEDED" and result.exists():
+            ingest_result(job, json.loads(result.read_text()))
+            return
+        logs = self.gateway.job_logs_tail(job.id, 2000)
+        reason = {
+            "SUCCEEDED": "the driver exited without reporting a result",
+            "STOPPED": "the Ray job was stopped outside Crucible",
+            "FAILED": f"the Ray job failed: {message or 'no message'}",
+        }[ray_status]
+        if can_transition(job.status, "failed"):
+            transition(job, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
+
+
+def _aware(job: Job):  # type: ignore[no-untyped-def]
+    # SQLite returns naive datetimes even for timezone=True columns; they are UTC.
+    from datetime import UTC
+
+    t = job.submitted_at
+    assert t is not None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

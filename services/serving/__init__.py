@@ -1,0 +1,1 @@
+"""The Ray Serve application that answers predictions for a promoted model."""

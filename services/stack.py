@@ -1,0 +1,184 @@
+"""The embedded stack of ``crucible up``: a local Ray head and the API, as two process groups.
+
+Ray runs in its own process group so the API can restart (by hand or after a crash, which
+``up`` does for it) without taking running jobs down; Ctrl-C stops the API first, then Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.config import read_or_create_secret
+
+log = logging.getLogger("crucible.up")
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ray_port: int = 6380  # Redis often holds 6379, Ray's default
+    dashboard_port: int = 8265
+    client_server_port: int = 10001
+    agent_port: int = 52365
+    serve_port: int = 8000
+    num_cpus: int | None = None
+    ray_address: str | None = None  # join this cluster instead of starting one
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
+def _wait_http(
+    url: str, headers: dict[str, str], timeout: float, proc: subprocess.Popen[bytes], what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f}s")
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left (Ray's agents linger)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class LocalStack:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.ray: subprocess.Popen[bytes] | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ray_token = (
+            os.environ.get("RAY_AUTH_TOKEN")
+            or read_or_create_secret(cfg.data_dir / "ray_token", 24)[0]
+        )
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            # Ray job drivers run `python -m jobs.run`: this environment's python.
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.ray_token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **cfg.extra_env,
+        }
+        self.env.pop("RAY_ADDRESS", None)
+
+    @property
+    def ray_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.ray_token}"}
+
+    def start_ray(self) -> None:
+        c = self.cfg
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={c.ray_port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={c.dashboard_port}",
+            f"--ray-client-server-port={c.client_server_port}",
+            f"--dashboard-agent-listen-port={c.agent_port}",
+            "--disable-usage-stats",
+        ]
+        if c.num_cpus is not None:
+            cmd.append(f"--num-cpus={c.num_cpus}")
+        log_file = open(c.data_dir / "ray-head.log", "ab")  # noqa: SIM115 (lives with the child)
+        self.ray = subprocess.Popen(
+            cmd, env=self.env, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+        _wait_http(
+            f"{c.dashboard_url}/api/version", self.ray_headers, 120, self.ray, "the Ray head"
+        )
+
+    def start_api(self) -> None:
+        c = self.cfg
+        env = {
+            **self.env,
+            "CRUCIBLE_DATA_DIR": str(c.data_dir),
+            "CRUCIBLE_HOST": c.host,
+            "CRUCIBLE_PORT": str(c.port),
+            "CRUCIBLE_SERVE_PORT": str(c.serve_port),
+            "CRUCIBLE_RAY_DASHBOARD_URL": c.ray_address or c.dashboard_url,
+        }
+        if c.ray_address:
+            env["RAY_ADDRESS"] = c.ray_address
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "api"], env=env, start_new_session=True
+        )
+        _wait_http(f"{c.api_url}/readyz", {}, 120, self.api, "the API")
+
+    def start(self) -> None:
+        try:
+            if self.cfg.ray_address is None:
+                self.start_ray()
+            self.start_api()
+        except BaseException:
+            self.stop()
+            raise
+
+    def supervise(self) -> int:
+        """Run until Ctrl-C (0) or the Ray head dies (1); restart the API if it dies."""
+        restarts: list[float] = []
+        try:
+            while True:
+                time.sleep(1)
+                if self.ray is not None and self.ray.poll() is not None:
+                    log.error("the Ray head exited (code %s); stopping", self.ray.returncode)
+                    return 1
+                if self.api is not None and self.api.poll() is not None:
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < 60] + [now]
+                    if len(restarts) > 3:
+                        log.error("the API keeps exiting; stopping")
+                        return 1
+                    log.warning("the API exited (code %s); restarting it", self.api.returncode)
+                    self.start_api()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.api is not None:
+            _stop_group(self.api, grace=15)
+            self.api = None
+        if self.ray is not None:
+            _stop_group(self.ray, grace=15)
+            self.ray = None

@@ -1,0 +1,210 @@
+"""Every query the control plane makes, grouped by table. Services call these, never ``select``.
+
+Repositories only ``flush``; the caller's unit of work commits (``Database.session``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.store.models import (
+    Dataset,
+    Endpoint,
+    Job,
+    JobEvent,
+    ModelVersion,
+    Promotion,
+    Token,
+    Trial,
+    TrialEpoch,
+)
+
+ACTIVE_STATUSES = ("queued", "running")
+
+
+class TokenRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def by_hash(self, token_hash: str) -> Token | None:
+        return self.s.scalars(select(Token).where(Token.token_hash == token_hash)).first()
+
+    def add(self, token: Token) -> Token:
+        self.s.add(token)
+        self.s.flush()
+        return token
+
+    def active_hashes(self) -> list[str]:
+        return list(self.s.scalars(select(Token.token_hash).where(Token.revoked_at.is_(None))))
+
+
+class DatasetRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, dataset_id: str) -> Dataset | None:
+        return self.s.get(Dataset, dataset_id)
+
+    def list(self, limit: int, offset: int) -> Sequence[Dataset]:
+        q = select(Dataset).order_by(Dataset.builtin.desc(), Dataset.created_at.desc())
+        return self.s.scalars(q.limit(limit).offset(offset)).all()
+
+    def count(self) -> int:
+        return self.s.scalar(select(func.count()).select_from(Dataset)) or 0
+
+    def add(self, dataset: Dataset) -> Dataset:
+        self.s.add(dataset)
+        self.s.flush()
+        return dataset
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, job_id: str, for_update: bool = False) -> Job | None:
+        if for_update:
+            q = select(Job).where(Job.id == job_id).with_for_update()
+            return self.s.scalars(q).first()
+        return self.s.get(Job, job_id)
+
+    def list(self, status: str | None, limit: int, offset: int) -> Sequence[Job]:
+        q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+        if status:
+            q = q.where(Job.status == status)
+        return self.s.scalars(q.limit(limit).offset(offset)).all()
+
+    def count(self, status: str | None) -> int:
+        q = select(func.count()).select_from(Job)
+        if status:
+            q = q.where(Job.status == status)
+        return self.s.scalar(q) or 0
+
+    def active(self) -> Sequence[Job]:
+        return self.s.scalars(
+            select(Job).where(Job.status.in_(ACTIVE_STATUSES)).order_by(Job.created_at)
+        ).all()
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.s.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+        return {status: n for status, n in rows}
+
+    def add(self, job: Job) -> Job:
+        self.s.add(job)
+        self.s.flush()
+        return job
+
+
+class TrialRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def by_key(self, job_id: str, trial_key: str) -> Trial | None:
+        q = select(Trial).where(Trial.job_id == job_id, Trial.trial_key == trial_key)
+        return self.s.scalars(q).first()
+
+    def add(self, trial: Trial) -> Trial:
+        self.s.add(trial)
+        self.s.flush()
+        return trial
+
+    def for_job(self, job_id: str) -> Sequence[Trial]:
+        q = select(Trial).where(Trial.job_id == job_id).order_by(Trial.number, Trial.id)
+        return self.s.scalars(q).all()
+
+    def epochs(self, trial_ids: list[int]) -> Sequence[TrialEpoch]:
+        if not trial_ids:
+            return []
+        q = (
+            select(TrialEpoch)
+            .where(TrialEpoch.trial_id.in_(trial_ids))
+            .order_by(TrialEpoch.trial_id, TrialEpoch.epoch)
+        )
+        return self.s.scalars(q).all()
+
+    def add_epoch(self, epoch: TrialEpoch) -> bool:
+        """Insert an epoch's metrics; False when that epoch was stored already."""
+        if self.s.get(TrialEpoch, (epoch.trial_id, epoch.epoch)) is not None:
+            return False
+        self.s.add(epoch)
+        self.s.flush()
+        return True
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.s.execute(select(Trial.status, func.count()).group_by(Trial.status)).all()
+        return {status: n for status, n in rows}
+
+    def running_for_job(self, job_id: str) -> Sequence[Trial]:
+        q = select(Trial).where(Trial.job_id == job_id, Trial.status == "running")
+        return self.s.scalars(q).all()
+
+
+class EventRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add_if_new(self, event: JobEvent) -> bool:
+        """Store an event unless its key was seen for this job; True when it is new."""
+        q = select(JobEvent.id).where(JobEvent.job_id == event.job_id, JobEvent.key == event.key)
+        if self.s.scalars(q).first() is not None:
+            return False
+        try:
+            with self.s.begin_nested():
+                self.s.add(event)
+        except IntegrityError:
+            # The same event arrived on another connection between our check and insert.
+            return False
+        return True
+
+    def for_job(self, job_id: str, after_id: int = 0) -> Sequence[JobEvent]:
+        q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+        return self.s.scalars(q.order_by(JobEvent.id)).all()
+
+
+class ModelRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, model_id: str) -> ModelVersion | None:
+        return self.s.get(ModelVersion, model_id)
+
+    def for_job(self, job_id: str) -> ModelVersion | None:
+        return self.s.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()
+
+    def list(self, limit: int, offset: int) -> Sequence[ModelVersion]:
+        q = select(ModelVersion).order_by(ModelVersion.created_at.desc())
+        return self.s.scalars(q.limit(limit).offset(offset)).all()
+
+    def add(self, model: ModelVersion) -> ModelVersion:
+        self.s.add(model)
+        self.s.flush()
+        return model
+
+
+class EndpointRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, name: str) -> Endpoint | None:
+        return self.s.get(Endpoint, name)
+
+    def list(self) -> Sequence[Endpoint]:
+        return self.s.scalars(select(Endpoint).order_by(Endpoint.name)).all()
+
+    def add(self, endpoint: Endpoint) -> Endpoint:
+        self.s.add(endpoint)
+        self.s.flush()
+        return endpoint
+
+    def add_promotion(self, promotion: Promotion) -> Promotion:
+        self.s.add(promotion)
+        self.s.flush()
+        return promotion
+
+    def promotions(self, name: str) -> Sequence[Promotion]:
+        q = select(Promotion).where(Promotion.endpoint == name).order_by(Promotion.id.desc())
+        return self.s.scalars(q).all()
