@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from jobs.events import EventSink
 from jobs.models import build_model
 from jobs.spec import Domain, JobSpec, effective_spec
-from jobs.train import StateDict, TrainData, fit
+from jobs.train import StateDict, TrainData, fit, init_model
 
 CHECKPOINT_WEIGHTS = "weights.safetensors"
 # The figures a trial reports each epoch (Tune adds its own bookkeeping keys to results).
@@ -48,7 +48,7 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
     """Tune function trainable: train one sampled configuration, report every epoch."""
     spec = effective_spec(JobSpec.model_validate(spec_json), config)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
-    model = build_model(spec.model, data.x_train.shape[1], data.n_classes)
+    model = init_model(spec.model, spec.training, data.x_train.shape[1], data.n_classes)
 
     def on_epoch(epoch: int, metrics: dict[str, float], last: bool, best: StateDict) -> None:
         checkpoint = None

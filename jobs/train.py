@@ -11,13 +11,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from jobs.evaluate import validation_metrics
+from jobs.models import build_model
 from jobs.spec import TrainingSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -36,6 +37,14 @@ class TrainData:
     x_val: np.ndarray
     y_val: np.ndarray
     n_classes: int
+
+
+def init_model(
+    model_spec: Any, spec: TrainingSpec, in_features: int, out_features: int
+) -> nn.Module:
+    """Build a model whose initial weights depend only on the spec's seed."""
+    torch.manual_seed(spec.seed)
+    return build_model(model_spec, in_features, out_features)
 
 
 def make_optimizer(spec: TrainingSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -68,7 +77,11 @@ def fit(
     select_mode: Literal["max", "min"],
     on_epoch: EpochCallback,
 ) -> StateDict:
-    """Train ``model``; return the weights of the epoch that scored best on ``select_metric``."""
+    """Train ``model``; return the weights of the epoch that scored best on ``select_metric``.
+
+    Batch order and dropout are seeded from ``spec.seed``; build the model with
+    :func:`init_model` for seeded initial weights too.
+    """
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     # Arrays from Ray's object store are read-only; torch wants writable memory.

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,18 @@ def _wait_http(
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f}s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_closed(ports: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_port_open(p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -182,3 +195,6 @@ class LocalStack:
         if self.ray is not None:
             _stop_group(self.ray, grace=15)
             self.ray = None
+            # Ray's workers (the Serve proxy among them) lead process groups of their own and
+            # exit when they notice their raylet is gone; wait for that before returning.
+            _wait_closed([self.cfg.serve_port, self.cfg.dashboard_port, self.cfg.ray_port], 30)

@@ -114,7 +114,7 @@ class Reconciler:
                 return
             if ray_job is None:
                 assert job.submitted_at is not None
-                if utcnow() - _aware(job) > LOST_AFTER:
+                if utcnow() - job.submitted_at > LOST_AFTER:
                     transition(
                         job,
                         "failed",
@@ -140,12 +140,3 @@ class Reconciler:
         }[ray_status]
         if can_transition(job.status, "failed"):
             transition(job, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
-
-
-def _aware(job: Job):  # type: ignore[no-untyped-def]
-    # SQLite returns naive datetimes even for timezone=True columns; they are UTC.
-    from datetime import UTC
-
-    t = job.submitted_at
-    assert t is not None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jobs.data import DataError, Preprocessor, encode_labels, split_indices
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    a = split_indices(1000, 0.2, 0.1, seed=3)
+    b = split_indices(1000, 0.2, 0.1, seed=3)
+    c = split_indices(1000, 0.2, 0.1, seed=4)
+    assert all(
+        np.array_equal(x, y) for x, y in zip(vars(a).values(), vars(b).values(), strict=True)
+    )
+    assert not np.array_equal(a.test, c.test)
+    every = np.concatenate([a.train, a.validation, a.test])
+    assert sorted(every.tolist()) == list(range(1000))
+    assert (len(a.validation), len(a.test)) == (200, 100)
+
+
+def test_stratified_split_keeps_class_proportions() -> None:
+    labels = np.array([0] * 900 + [1] * 100)
+    s = split_indices(1000, 0.2, 0.2, seed=0, stratify_by=labels)
+    for part in (s.train, s.validation, s.test):
+        assert labels[part].mean() == pytest.approx(0.1, abs=0.005)
+
+
+def test_preprocessor_is_fitted_on_what_it_is_given() -> None:
+    cols = {
+        "x": np.array([1.0, 2.0, math.nan, 5.0]),
+        "c": np.array(["a", "b", None, "a"], dtype=object),
+    }
+    pre = Preprocessor.fit(cols, {"x": "numeric", "c": "categorical"})
+    num = pre.numeric[0]
+    assert num.fill == 2.0  # median of the present values
+    assert num.center == pytest.approx(np.mean([1, 2, 5]))
+    assert pre.categorical[0].categories == ["a", "b"]
+    out = pre.transform(
+        {"x": np.array([math.nan, 1.0]), "c": np.array(["b", "never-seen"], dtype=object)}
+    )
+    assert out.shape == (2, 3)
+    assert out[0, 0] == pytest.approx((2.0 - num.center) / num.scale)
+    assert out[0, 1:].tolist() == [0.0, 1.0]
+    assert out[1, 1:].tolist() == [0.0, 0.0]  # unseen category: all zeros
+
+
+def test_preprocessor_round_trips_through_json() -> None:
+    cols = {"x": np.array([1.0, 3.0]), "c": np.array(["a", "b"], dtype=object)}
+    pre = Preprocessor.fit(cols, {"x": "numeric", "c": "categorical"}, scale="minmax")
+    again = Preprocessor.from_json(pre.to_json())
+    assert np.array_equal(pre.transform(cols), again.transform(cols))
+
+
+def test_records_are_validated() -> None:
+    pre = Preprocessor.fit(
+        {"x": np.array([1.0, 2.0]), "c": np.array(["a", "b"], dtype=object)},
+        {"x": "numeric", "c": "categorical"},
+    )
+    cols = pre.columns_from_records([{"x": None, "c": None}, {"x": 3, "c": "z"}])
+    assert math.isnan(cols["x"][0])
+    with pytest.raises(DataError, match="missing column 'c'"):
+        pre.columns_from_records([{"x": 1}])
+    with pytest.raises(DataError, match="must be a number"):
+        pre.columns_from_records([{"x": "one", "c": "a"}])
+    with pytest.raises(DataError, match="non-empty"):
+        pre.columns_from_records([])
+
+
+def test_labels_keep_their_type() -> None:
+    labels = encode_labels(np.array([3, 1, 3, 2], dtype=object))
+    assert labels.classes == [1, 2, 3]
+    assert labels.codes.tolist() == [2, 0, 2, 1]
