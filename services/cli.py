@@ -61,11 +61,11 @@ def _fail(exc: CrucibleError) -> None:
 
 @app.command()
 def up(
-    port: int = 8080,
+    port: Annotated[int, typer.Option(envvar="CRUCIBLE_PORT")] = 8080,
     data_dir: Annotated[Path, typer.Option(envvar="CRUCIBLE_DATA_DIR")] = DEFAULT_DATA_DIR,
-    ray_port: int = 6380,
-    dashboard_port: int = 8265,
-    serve_port: int = 8000,
+    ray_port: Annotated[int, typer.Option(envvar="CRUCIBLE_RAY_GCS_PORT")] = 6380,
+    dashboard_port: Annotated[int, typer.Option(envvar="CRUCIBLE_RAY_DASHBOARD_PORT")] = 8265,
+    serve_port: Annotated[int, typer.Option(envvar="CRUCIBLE_SERVE_PORT")] = 8000,
     client_server_port: int = 10001,
     agent_port: int = 52365,
     num_cpus: int | None = None,
@@ -88,7 +88,10 @@ def up(
         )
     )
     console.print(f"Starting Crucible (data in {data_dir}) ...")
-    stack.start()
+    try:
+        stack.start()
+    except KeyboardInterrupt:  # Ctrl-C while starting: start() has stopped what it started
+        raise typer.Exit(0) from None
     console.print(
         f"[bold green]Crucible is up[/]: API {stack.cfg.api_url}, "
         f"Ray dashboard {stack.cfg.dashboard_url}; admin token in "

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,7 +36,6 @@ class StackConfig:
     serve_port: int = 8000
     num_cpus: int | None = None
     ray_address: str | None = None  # join this cluster instead of starting one
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -95,25 +94,25 @@ class LocalStack:
         self.ray: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ray_token = (
-            os.environ.get("RAY_AUTH_TOKEN")
-            or read_or_create_secret(cfg.data_dir / "ray_token", 24)[0]
+        # A cluster we join brings its own token (if any) in RAY_AUTH_TOKEN; the head we start
+        # gets one of ours, kept in the data dir.
+        self.ray_token: str | None = os.environ.get("RAY_AUTH_TOKEN") or (
+            None if cfg.ray_address else read_or_create_secret(cfg.data_dir / "ray_token", 24)[0]
         )
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
             # Ray job drivers run `python -m jobs.run`: this environment's python.
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.ray_token,
             "RAY_USAGE_STATS_ENABLED": "0",
-            **cfg.extra_env,
         }
+        if self.ray_token:
+            self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.ray_token)
         self.env.pop("RAY_ADDRESS", None)
 
     @property
     def ray_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.ray_token}"}
+        return {"Authorization": f"Bearer {self.ray_token}"} if self.ray_token else {}
 
     def start_ray(self) -> None:
         c = self.cfg
@@ -136,6 +135,7 @@ class LocalStack:
         self.ray = subprocess.Popen(
             cmd, env=self.env, stdout=log_file, stderr=log_file, start_new_session=True
         )
+        (c.data_dir / "ray-head.pid").write_text(f"{self.ray.pid}\n")
         _wait_http(
             f"{c.dashboard_url}/api/version", self.ray_headers, 120, self.ray, "the Ray head"
         )
@@ -148,13 +148,16 @@ class LocalStack:
             "CRUCIBLE_HOST": c.host,
             "CRUCIBLE_PORT": str(c.port),
             "CRUCIBLE_SERVE_PORT": str(c.serve_port),
-            "CRUCIBLE_RAY_DASHBOARD_URL": c.ray_address or c.dashboard_url,
         }
         if c.ray_address:
+            # The dashboard URL is derived from RAY_ADDRESS unless given explicitly.
             env["RAY_ADDRESS"] = c.ray_address
+        else:
+            env["CRUCIBLE_RAY_DASHBOARD_URL"] = c.dashboard_url
         self.api = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "api"], env=env, start_new_session=True
         )
+        (c.data_dir / "api.pid").write_text(f"{self.api.pid}\n")
         _wait_http(f"{c.api_url}/readyz", {}, 120, self.api, "the API")
 
     def start(self) -> None:
