@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from jobs.audit import run_audit
 from jobs.bundle import save_bundle
 from jobs.data import (
     Columns,
@@ -180,8 +179,11 @@ def records(columns: Columns, rows: int) -> list[dict[str, Any]]:
 
 def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     """Everything the job does once it runs; returns the result event's data."""
+    # Imported here, not at the top: the driver reports `running` before paying for them, and
+    # fairlearn (with sklearn and pandas) alone costs over a second of start-up.
     import ray
 
+    from jobs.audit import run_audit
     from jobs.search import rebuild, run_search
 
     spec = manifest.spec

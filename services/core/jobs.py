@@ -219,3 +219,14 @@ def require_result(job: Job, what: str) -> dict[str, Any]:
     if doc is None:
         raise Conflict(f"job {job.id} is {job.status}; its {what} exists once it has succeeded")
     return doc
+
+
+def event_view(e: JobEvent) -> dict[str, Any]:
+    return {"id": e.id, "type": e.type, "key": e.key, "ts": e.ts, "data": e.data}
+
+
+def events_after(session: Session, job_id: str, after_id: int) -> tuple[list[dict[str, Any]], str]:
+    """Stored events of a job newer than ``after_id``, and the job's status."""
+    job = get_job(session, job_id)
+    events = [event_view(e) for e in EventRepository(session).for_job(job_id, after_id)]
+    return events, job.status

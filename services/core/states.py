@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+from sqlalchemy.orm import object_session
+
 from services.core.errors import Conflict
-from services.store.models import Job, utcnow
+from services.store.models import Job, JobEvent, utcnow
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 ALLOWED: dict[str, frozenset[str]] = {
@@ -31,3 +35,16 @@ def transition(job: Job, new: str, error: str | None = None) -> None:
         job.finished_at = now
     if error is not None:
         job.error = error
+    # Each status is reached at most once, so its key makes the event unique, and live
+    # followers (GET /v1/jobs/{id}/events) see status changes in the same stream as progress.
+    session = object_session(job)
+    if session is not None:
+        session.add(
+            JobEvent(
+                job_id=job.id,
+                key=f"job.status:{new}",
+                type="job.status",
+                ts=time.time(),
+                data={"status": new, "error": job.error},
+            )
+        )

@@ -1,18 +1,26 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Header, Query, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.api.deps import CurrentUser, ServicesDep
 from services.core import jobs as job_service
-from services.core.errors import DomainError
+from services.core.errors import DomainError, Invalid
 from services.core.promotion import promote
+from services.core.states import TERMINAL
 from services.store.repositories import JobRepository
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+EVENT_POLL_S = 0.25
+HEARTBEAT_S = 15.0
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -91,6 +99,66 @@ def job_audit(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, A
     """Fairness audit of the best model on the test split."""
     with services.db.session() as s:
         return job_service.require_result(job_service.get_job(s, job_id), "audit")
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse)
+async def job_events(
+    job_id: str,
+    services: ServicesDep,
+    _: CurrentUser,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+) -> StreamingResponse:
+    """Server-sent events: the job's stored history, then live progress until it ends.
+
+    Each event's ``id`` is its sequence number; a client that reconnects with
+    ``Last-Event-ID`` (or ``?after=``) gets only what it missed.
+    """
+    start = after if after is not None else _parse_event_id(last_event_id)
+
+    def read(cursor: int) -> tuple[list[dict[str, Any]], str]:
+        with services.db.session() as s:
+            return job_service.events_after(s, job_id, cursor)
+
+    first, _status = await asyncio.to_thread(read, start)  # 404 before the stream opens
+
+    async def stream() -> AsyncIterator[str]:
+        cursor, batch = start, first
+        idle = 0.0
+        while True:
+            for ev in batch:
+                cursor = ev["id"]
+                yield f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
+            batch, status = await asyncio.to_thread(read, cursor)
+            if not batch and status in TERMINAL:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if batch:
+                idle = 0.0
+                continue
+            await asyncio.sleep(EVENT_POLL_S)
+            idle += EVENT_POLL_S
+            if idle >= HEARTBEAT_S:  # keeps proxies from closing a quiet stream
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _parse_event_id(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise Invalid(
+            "Last-Event-ID must be an event id",
+            [{"loc": ["header", "Last-Event-ID"], "msg": "not an integer"}],
+        ) from None
 
 
 class PromoteRequest(BaseModel):
