@@ -24,6 +24,8 @@ EventType = Literal[
     "trial.epoch",
     "trial.finished",
     "trial.failed",
+    "trial.stopped",
+    "trial.recovered",
     "job.succeeded",
     "job.failed",
 ]

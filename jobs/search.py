@@ -4,10 +4,16 @@ Each trial is a plain Tune function trainable running :func:`jobs.train.fit` in 
 process. Design notes §6 measured why: the same four tiny trials took 9.6 s this way and 85 s
 with a Ray Train ``TorchTrainer`` per trial, so Ray Train is kept for trials that really span
 several workers.
+
+Every epoch leaves a checkpoint of the whole training state (jobs/checkpoint.py). That one
+mechanism serves four needs: a trial whose worker dies resumes where it was, HyperBand pauses
+and resumes trials, PBT copies a good trial's state into a weaker one, and a trial stopped
+early by a scheduler still has its best weights on record.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,51 +22,130 @@ from typing import Any
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
+from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from safetensors.torch import load_file, save_file
 
+from jobs.checkpoint import StateDict, load_checkpoint, save_checkpoint
 from jobs.events import EventSink
 from jobs.models import build_model
-from jobs.spec import Domain, JobSpec, effective_spec
-from jobs.train import StateDict, TrainData, fit, init_model
+from jobs.spec import Domain, JobSpec, SearchSpec, effective_spec
+from jobs.train import TrainData, TrainState, fit, init_model
 
-CHECKPOINT_WEIGHTS = "weights.safetensors"
 # The figures a trial reports each epoch (Tune adds its own bookkeeping keys to results).
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "epoch_seconds")
+# Tune's "training_iteration" counts reports, which restarts need not keep equal to epochs;
+# schedulers measure progress in the epoch the trial itself reports.
+TIME_ATTR = "epoch"
 
 
-def tune_domain(domain: Domain) -> Any:
-    if domain.choice is not None:
-        return tune.choice(domain.choice)
-    if domain.uniform is not None:
-        return tune.uniform(*domain.uniform)
-    if domain.loguniform is not None:
-        return tune.loguniform(*domain.loguniform)
-    assert domain.randint is not None
-    return tune.randint(*domain.randint)
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
 
 
-def trial_number(trial: Trial) -> int:
-    return int(trial.trial_id.rsplit("_", 1)[-1])
+class SpaceCodec:
+    """Maps the spec's search space to Tune domains and sampled configs back to spec values.
+
+    Optuna only samples plain values, so a choice among lists (``hidden_sizes``) is searched
+    by index and decoded before a trial sees it; everything else passes through unchanged.
+    """
+
+    def __init__(self, space: dict[str, Domain]) -> None:
+        self.space = space
+        self.indexed = {
+            path
+            for path, d in space.items()
+            if any(not _plain(v) for v in (d.choice if d.choice is not None else d.grid) or [])
+        }
+
+    def domain(self, path: str) -> Any:
+        d = self.space[path]
+        values = d.choice if d.choice is not None else d.grid
+        if values is not None:
+            options = list(range(len(values))) if path in self.indexed else values
+            return tune.grid_search(options) if d.grid is not None else tune.choice(options)
+        if d.uniform is not None:
+            return tune.uniform(*d.uniform)
+        if d.loguniform is not None:
+            return tune.loguniform(*d.loguniform)
+        assert d.randint is not None
+        return tune.randint(*d.randint)
+
+    def param_space(self, grid: bool) -> dict[str, Any]:
+        out = {}
+        for path, d in self.space.items():
+            if grid and d.choice is not None:  # algorithm grid: choices are grid axes too
+                values = list(range(len(d.choice))) if path in self.indexed else d.choice
+                out[path] = tune.grid_search(values)
+            else:
+                out[path] = self.domain(path)
+        return out
+
+    def encode(self, point: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for path, value in point.items():
+            d = self.space[path]
+            values = d.choice if d.choice is not None else d.grid
+            out[path] = values.index(value) if path in self.indexed and values else value
+        return out
+
+    def decode(self, config: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for path, value in config.items():
+            if path in self.indexed:
+                d = self.space[path]
+                values = d.choice if d.choice is not None else d.grid
+                assert values is not None
+                value = values[int(value)]
+            out[path] = value
+        return out
 
 
 def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: TrainData) -> None:
     """Tune function trainable: train one sampled configuration, report every epoch."""
-    spec = effective_spec(JobSpec.model_validate(spec_json), config)
+    job_spec = JobSpec.model_validate(spec_json)
+    codec = SpaceCodec(job_spec.search.space)
+    spec = effective_spec(job_spec, codec.decode(config))
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
     model = init_model(spec.model, spec.training, data.x_train.shape[1], data.n_classes)
+    checkpoint = tune.get_checkpoint()
+    resume: TrainState | None = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder))
+    start_epoch = resume.epoch if resume is not None else 0
 
-    def on_epoch(epoch: int, metrics: dict[str, float], last: bool, best: StateDict) -> None:
-        checkpoint = None
-        if last:
-            # Only the final report carries weights: the best epoch's, so the checkpoint
-            # matches the score Tune ranks the trial by (scope="all").
-            folder = tempfile.mkdtemp(prefix="crucible-ckpt-")
-            save_file(best, str(Path(folder) / CHECKPOINT_WEIGHTS))
-            checkpoint = tune.Checkpoint.from_directory(folder)
-        tune.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
+    def on_epoch(epoch: int, metrics: dict[str, float], last: bool, snapshot: Any) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="crucible-ckpt-"))
+        save_checkpoint(folder, snapshot())
+        tune.report(
+            {
+                **metrics,
+                "epoch": epoch,
+                "last": last,
+                "start_epoch": start_epoch,
+                "pid": os.getpid(),
+            },
+            checkpoint=tune.Checkpoint.from_directory(str(folder)),
+        )
 
-    fit(model, data, spec.training, spec.search.metric, spec.search.resolved_mode, on_epoch)
+    fit(
+        model,
+        data,
+        spec.training,
+        spec.search.metric,
+        spec.search.resolved_mode,
+        on_epoch,
+        resume=resume,
+        max_epochs=spec.search.max_epochs_per_trial,
+    )
 
 
 def trial_error_text(trial: Trial) -> str:
@@ -77,8 +162,9 @@ def trial_error_text(trial: Trial) -> str:
 class ProgressCallback(tune.Callback):
     """Forwards Tune's trial lifecycle to the control plane as progress events."""
 
-    def __init__(self, sink: EventSink) -> None:
+    def __init__(self, sink: EventSink, codec: SpaceCodec) -> None:
         self.sink = sink
+        self.codec = codec
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config into the experiment folder; the live connection to the
@@ -92,8 +178,9 @@ class ProgressCallback(tune.Callback):
             "trial.started",
             f"trial.started:{trial.trial_id}",
             trial_id=trial.trial_id,
-            number=trial_number(trial),
-            config=dict(trial.config),
+            # Trial ids are random with a searcher; the creation order is the useful number.
+            number=trials.index(trial),
+            config=self.codec.decode(dict(trial.config)),
         )
 
     def on_trial_result(
@@ -106,13 +193,39 @@ class ProgressCallback(tune.Callback):
             trial_id=trial.trial_id,
             epoch=epoch,
             metrics={k: float(result[k]) for k in EPOCH_METRICS if k in result},
+            start_epoch=int(result.get("start_epoch", 0)),
+            pid=result.get("pid"),
+            # PBT changes a trial's hyperparameters as it goes; keep what this epoch used.
+            config=self.codec.decode(dict(trial.config)),
         )
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
+        last = trial.last_result or {}
+        if last.get("last", False):
+            self.sink.emit(
+                "trial.finished", f"trial.finished:{trial.trial_id}", trial_id=trial.trial_id
+            )
+        else:
+            # Ended by the scheduler or the time budget before its own last epoch.
+            self.sink.emit(
+                "trial.stopped",
+                f"trial.stopped:{trial.trial_id}",
+                trial_id=trial.trial_id,
+                epoch=int(last.get("epoch", 0)),
+            )
+
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        failures = trial.run_metadata.num_failures
         self.sink.emit(
-            "trial.finished", f"trial.finished:{trial.trial_id}", trial_id=trial.trial_id
+            "trial.recovered",
+            f"trial.recovered:{trial.trial_id}:{failures}",
+            trial_id=trial.trial_id,
+            failures=failures,
+            error=trial_error_text(trial),
         )
 
     def on_trial_error(
@@ -124,6 +237,41 @@ class ProgressCallback(tune.Callback):
             trial_id=trial.trial_id,
             error=trial_error_text(trial),
         )
+
+
+def make_scheduler(s: SearchSpec, codec: SpaceCodec, max_epochs: int) -> TrialScheduler:
+    if s.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr=TIME_ATTR, max_t=max_epochs, grace_period=1, reduction_factor=2
+        )
+    if s.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs, reduction_factor=2)
+    if s.scheduler == "median":
+        return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=1, min_samples_required=2)
+    if s.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr=TIME_ATTR,
+            perturbation_interval=s.pbt_interval,
+            hyperparam_mutations={p: codec.domain(p) for p in s.space},
+            synch=False,
+        )
+    return FIFOScheduler()
+
+
+def make_search_alg(s: SearchSpec, codec: SpaceCodec, mode: str) -> SearchAlgorithm | Searcher:
+    points = [codec.encode(p) for p in s.points_to_evaluate] or None
+    if s.algorithm == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(
+            metric=s.metric, mode=mode, points_to_evaluate=points, sampler=TPESampler(seed=s.seed)
+        )
+        return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+    # Tune applies max_concurrent_trials only to Searchers; the variant generator limits itself.
+    return BasicVariantGenerator(
+        points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent
+    )
 
 
 @dataclass(frozen=True)
@@ -142,53 +290,77 @@ def run_search(
     spec: JobSpec, data: TrainData, storage: Path, name: str, sink: EventSink
 ) -> BestTrial:
     """Run the job's search on the Ray cluster this process is connected to."""
+    # Checkpointing every epoch of small trials is the design, not a bottleneck to warn of.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     s = spec.search
     mode = s.resolved_mode
-    # With nothing to search every trial would be the same; one is enough.
-    num_trials = s.num_trials if s.space else 1
+    codec = SpaceCodec(s.space)
+    grid = s.algorithm == "grid"
+    # With nothing to search every trial would be the same, and a grid sets its own count.
+    num_trials = 1 if grid or not s.space else s.num_trials
+    max_epochs = min(spec.training.epochs, s.max_epochs_per_trial or spec.training.epochs)
+    if "training.epochs" in s.space:
+        max_epochs = max(int(v) for v in s.space["training.epochs"].candidates())
     trainable = tune.with_resources(
         tune.with_parameters(train_one_trial, spec_json=spec.model_dump(mode="json"), data=data),
         {"cpu": spec.resources.cpus_per_trial},
     )
+    search_alg = make_search_alg(s, codec, mode)
     tuner = tune.Tuner(
         trainable,
-        param_space={path: tune_domain(d) for path, d in s.space.items()},
+        param_space=codec.param_space(grid),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=mode,
             num_samples=num_trials,
-            max_concurrent_trials=min(s.max_concurrent, num_trials),
-            search_alg=BasicVariantGenerator(random_state=s.seed),
+            search_alg=search_alg,
+            scheduler=make_scheduler(s, codec, max_epochs),
+            time_budget_s=s.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            callbacks=[ProgressCallback(sink)],
+            callbacks=[ProgressCallback(sink, codec)],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
     results = tuner.fit()
     every = [results[i] for i in range(len(results))]
+    for r in every:
+        m = r.metrics or {}
+        if r.error is None and m and not m.get("last", False):
+            # Tune stops trials at the time budget without calling on_trial_complete; the
+            # event key is the callback's, so a trial reported both ways is stored once.
+            sink.emit(
+                "trial.stopped",
+                f"trial.stopped:{m['trial_id']}",
+                trial_id=m["trial_id"],
+                epoch=int(m.get("epoch", 0)),
+            )
     ok = [r for r in every if r.error is None and r.checkpoint is not None]
     if not ok:
         errors = [str(getattr(r.error, "cause", None) or r.error) for r in every if r.error]
+        if errors:
+            raise SearchFailed(f"all {len(every)} trials failed; first error: {errors[0]}")
         raise SearchFailed(
-            f"all {len(every)} trials failed" + (f"; first error: {errors[0]}" if errors else "")
+            "no trial completed an epoch before the search ended"
+            + (f" (search.time_budget_s is {s.time_budget_s:g}s)" if s.time_budget_s else "")
         )
     best = results.get_best_result(s.metric, mode, scope="all")
     if best.checkpoint is None or best.error is not None:
         raise SearchFailed("the best trial left no checkpoint")
     with best.checkpoint.as_directory() as folder:
-        state = load_file(str(Path(folder) / CHECKPOINT_WEIGHTS))
+        state = load_checkpoint(Path(folder))
     df = best.metrics_dataframe
     assert df is not None  # a trial with a checkpoint has reported
     row = df.loc[df[s.metric].idxmax()] if mode == "max" else df.loc[df[s.metric].idxmin()]
     return BestTrial(
         trial_id=str((best.metrics or {}).get("trial_id", best.path.rsplit("/", 1)[-1])),
-        config=dict(best.config or {}),
+        config=codec.decode(dict(best.config or {})),
         metrics={k: float(row[k]) for k in (*EPOCH_METRICS, "epoch") if k in row},
-        state=state,
+        state=state.best,
     )
 
 

@@ -100,9 +100,12 @@ class TrainingSpec(_Strict):
 
 
 class Domain(_Strict):
-    """One searchable dimension: exactly one of the four keys."""
+    """One searchable dimension: exactly one of the five keys."""
 
     choice: list[Any] | None = Field(None, description="Pick one of these values.")
+    grid: list[Any] | None = Field(
+        None, description="Try every one of these values (algorithm 'grid' or 'random')."
+    )
     uniform: tuple[float, float] | None = Field(None, description="[low, high) uniformly.")
     loguniform: tuple[float, float] | None = Field(
         None, description="[low, high) uniformly in log space; low > 0."
@@ -111,11 +114,12 @@ class Domain(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Domain:
-        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k)]
-        if self.choice == []:
-            raise ValueError("choice must list at least one value")
+        kinds = ("choice", "grid", "uniform", "loguniform", "randint")
+        given = [k for k in kinds if getattr(self, k) is not None]
+        if self.choice == [] or self.grid == []:
+            raise ValueError(f"{given[0]} must list at least one value")
         if len(given) != 1:
-            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+            raise ValueError("give exactly one of " + ", ".join(kinds))
         bounds = self.uniform or self.loguniform or self.randint
         if bounds is not None:
             low, high = bounds
@@ -127,8 +131,9 @@ class Domain(_Strict):
 
     def candidates(self) -> list[Any]:
         """Values that bound the domain, used to check them against the field they set."""
-        if self.choice is not None:
-            return list(self.choice)
+        values = self.choice if self.choice is not None else self.grid
+        if values is not None:
+            return list(values)
         if self.randint is not None:
             return [self.randint[0], self.randint[1] - 1]
         bounds = self.uniform or self.loguniform
@@ -145,9 +150,53 @@ class SearchSpec(_Strict):
         default_factory=dict,
         description="Searchable fields by dotted path, e.g. 'training.learning_rate'.",
     )
-    algorithm: Literal["random"] = Field("random", description="Search algorithm.")
-    num_trials: int = Field(4, ge=1, le=1000, description="Trials to run.")
+    algorithm: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random: sample the space; grid: every combination of the 'grid' and "
+        "'choice' values; optuna: Bayesian optimisation (TPE) that learns from finished trials.",
+    )
+    scheduler: Literal["none", "asha", "hyperband", "median", "pbt"] = Field(
+        "none",
+        description="Early stopping across trials: asha (asynchronous successive halving), "
+        "hyperband, median (stop trials below the running median), pbt (population-based "
+        "training: copies the best trials' state and perturbs 'training.*' fields).",
+    )
+    num_trials: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Trials to run. With algorithm 'grid' the grid's size decides; leave it out.",
+    )
     max_concurrent: int = Field(2, ge=1, le=256, description="Trials running at once.")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Configurations to try first, e.g. a known good one: "
+        "[{'training.learning_rate': 0.001}]. Keys are paths of the search space.",
+    )
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget: the search ends cleanly with the best "
+        "result so far when it runs out.",
+    )
+    max_epochs_per_trial: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Cap on any trial's epochs, whatever it samples.",
+    )
+    max_failures: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Times a trial whose worker dies is restarted from its last checkpoint.",
+    )
+    pbt_interval: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Epochs between PBT's exploit/explore steps.",
+    )
     metric: SearchMetric = Field("val_accuracy", description="Validation metric to optimise.")
     mode: Literal["max", "min"] | None = Field(
         None, description="max or min; default follows the metric (min for losses)."
@@ -276,6 +325,18 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
                 )
             )
     base = spec.model_dump(mode="json")
+    errors += _check_algorithm(s)
+    for i, point in enumerate(s.points_to_evaluate):
+        for path, value in point.items():
+            loc_p: tuple[str | int, ...] = ("search", "points_to_evaluate", i, path)
+            if path not in s.space:
+                errors.append(FieldError(loc_p, f"'{path}' is not in search.space"))
+                continue
+            try:
+                JobSpec.model_validate(apply_overrides(base, {path: value}))
+            except ValidationError as exc:
+                detail = "; ".join(e["msg"] for e in exc.errors())
+                errors.append(FieldError(loc_p, f"value {value!r} is not valid: {detail}"))
     for path, domain in s.space.items():
         loc: tuple[str | int, ...] = ("search", "space", path)
         why = resolve_path(path)
@@ -296,6 +357,51 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
         )
     if len(set(sens)) != len(sens):
         errors.append(FieldError(("audit", "sensitive_features"), "names a column twice"))
+    return errors
+
+
+def _check_algorithm(s: SearchSpec) -> list[FieldError]:
+    errors: list[FieldError] = []
+    grids = [p for p, d in s.space.items() if d.grid is not None]
+    if s.algorithm == "grid":
+        sampled = [p for p, d in s.space.items() if d.grid is None and d.choice is None]
+        for path in sampled:
+            errors.append(
+                FieldError(
+                    ("search", "space", path), "algorithm 'grid' needs 'grid' or 'choice' values"
+                )
+            )
+        if not s.space:
+            errors.append(FieldError(("search", "space"), "algorithm 'grid' needs a space"))
+        size = math.prod(len(d.candidates()) for d in s.space.values()) if s.space else 0
+        if "num_trials" in s.model_fields_set and s.num_trials != size:
+            errors.append(
+                FieldError(
+                    ("search", "num_trials"), f"the grid has {size} points; leave num_trials out"
+                )
+            )
+    if s.algorithm == "optuna":
+        for path in grids:
+            errors.append(
+                FieldError(("search", "space", path), "optuna samples: use 'choice', not 'grid'")
+            )
+    if s.scheduler == "pbt":
+        if s.algorithm != "random":
+            errors.append(
+                FieldError(
+                    ("search", "algorithm"), "pbt explores by itself: use algorithm 'random'"
+                )
+            )
+        for path in s.space:
+            if not path.startswith("training."):
+                # PBT copies a trial's weights into another: the architecture must not change.
+                errors.append(
+                    FieldError(
+                        ("search", "space", path), "with pbt only training.* fields can be searched"
+                    )
+                )
+        if not s.space:
+            errors.append(FieldError(("search", "space"), "pbt needs fields to perturb"))
     return errors
 
 

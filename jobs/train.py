@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs.checkpoint import StateDict, TrainState
 from jobs.evaluate import validation_metrics
 from jobs.models import build_model
 from jobs.spec import TrainingSpec
 
-StateDict = dict[str, torch.Tensor]
-# (epoch starting at 1, metrics, whether this is the trial's last epoch, best weights so far)
-EpochCallback = Callable[[int, dict[str, float], bool, StateDict], None]
+# (epoch starting at 1, metrics, whether this is the trial's last epoch, and a function that
+# captures the full training state, for callers that checkpoint this epoch)
+EpochCallback = Callable[[int, dict[str, float], bool, Callable[[], TrainState]], None]
 
 
 class TrainingError(RuntimeError):
@@ -76,11 +77,15 @@ def fit(
     select_metric: str,
     select_mode: Literal["max", "min"],
     on_epoch: EpochCallback,
+    resume: TrainState | None = None,
+    max_epochs: int | None = None,
 ) -> StateDict:
     """Train ``model``; return the weights of the epoch that scored best on ``select_metric``.
 
     Batch order and dropout are seeded from ``spec.seed``; build the model with
-    :func:`init_model` for seeded initial weights too.
+    :func:`init_model` for seeded initial weights too. With ``resume`` the loop continues from
+    a checkpoint exactly where it stopped: same weights, optimizer moments, RNG streams and
+    early-stopping counters, so the run matches one that was never interrupted.
     """
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -90,15 +95,38 @@ def fit(
     y_val = torch.from_numpy(np.require(data.y_val, requirements="W"))
     loss_fn = nn.CrossEntropyLoss()
     optimizer = make_optimizer(spec, list(model.parameters()))
+    epochs = min(spec.epochs, max_epochs) if max_epochs else spec.epochs
 
-    best_state: StateDict = {}
-    best_score = math.inf if select_mode == "min" else -math.inf
     es = spec.early_stopping
     es_mode = "min" if es is not None and es.metric.endswith("loss") else "max"
-    es_best = math.inf if es_mode == "min" else -math.inf
-    stale = 0
+    state = TrainState(
+        epoch=0,
+        model={},
+        optimizer={},
+        best={},
+        best_score=math.inf if select_mode == "min" else -math.inf,
+        early_stop_best=math.inf if es_mode == "min" else -math.inf,
+        stale_epochs=0,
+        batch_rng=gen.get_state(),
+        torch_rng=torch.get_rng_state(),
+    )
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        # A restored trial may carry new hyperparameters (PBT): the spec wins over the state.
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = spec.learning_rate, spec.weight_decay
+        gen.set_state(resume.batch_rng)
+        torch.set_rng_state(resume.torch_rng)
+        state = resume
 
-    for epoch in range(1, spec.epochs + 1):
+    def snapshot() -> TrainState:
+        state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.optimizer = optimizer.state_dict()
+        state.batch_rng, state.torch_rng = gen.get_state(), torch.get_rng_state()
+        return state
+
+    for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(x), generator=gen)
@@ -125,19 +153,20 @@ def fit(
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
 
+        state.epoch = epoch
         score = metrics[select_metric]
-        if not best_state or _better(score, best_score, select_mode):
-            best_score = score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if not state.best or _better(score, state.best_score, select_mode):
+            state.best_score = score
+            state.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-        last = epoch == spec.epochs
+        last = epoch == epochs
         if es is not None:
-            if _better(metrics[es.metric], es_best, es_mode, es.min_delta):
-                es_best, stale = metrics[es.metric], 0
+            if _better(metrics[es.metric], state.early_stop_best, es_mode, es.min_delta):
+                state.early_stop_best, state.stale_epochs = metrics[es.metric], 0
             else:
-                stale += 1
-                last = last or stale >= es.patience
-        on_epoch(epoch, metrics, last, best_state)
+                state.stale_epochs += 1
+                last = last or state.stale_epochs >= es.patience
+        on_epoch(epoch, metrics, last, snapshot)
         if last:
             break
-    return best_state
+    return state.best

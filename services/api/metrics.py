@@ -29,7 +29,7 @@ METRIC_NAMES = (
 )
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
-FINAL_TRIAL_STATUSES = ("succeeded", "failed", "cancelled")
+FINAL_TRIAL_STATUSES = ("succeeded", "stopped", "failed", "cancelled")
 
 # (jobs by status, trials by status)
 CountsReader = Callable[[], tuple[dict[str, int], dict[str, int]]]

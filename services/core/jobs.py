@@ -133,6 +133,7 @@ def trials_view(session: Session, job_id: str) -> list[dict[str, Any]]:
             "config": t.config,
             "metrics": t.metrics,
             "epochs_completed": t.epochs_completed,
+            "restarts": t.restarts,
             "error": t.error,
             "started_at": _iso(t.started_at),
             "finished_at": _iso(t.finished_at),
@@ -182,10 +183,19 @@ def apply_events(session: Session, job_id: str, events: list[Event]) -> int:
             if trials.add_epoch(TrialEpoch(trial_id=trial.id, epoch=epoch, metrics=d["metrics"])):
                 trial.epochs_completed = max(trial.epochs_completed, epoch)
                 trial.metrics = {**d["metrics"], "epoch": epoch}
+                if d.get("config"):  # PBT moves a trial to new hyperparameters as it goes
+                    trial.config = d["config"]
         elif ev.type == "trial.finished":
             trial = _trial(session, job_id, str(d["trial_id"]))
             trial.status = "succeeded"
             trial.finished_at = utcnow()
+        elif ev.type == "trial.stopped":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            trial.status = "stopped"
+            trial.finished_at = utcnow()
+        elif ev.type == "trial.recovered":
+            trial = _trial(session, job_id, str(d["trial_id"]))
+            trial.restarts = max(trial.restarts, int(d.get("failures", 1)))
         elif ev.type == "trial.failed":
             trial = _trial(session, job_id, str(d["trial_id"]))
             trial.status = "failed"

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.spec import EarlyStoppingSpec, MLPSpec, TrainingSpec
-from jobs.train import TrainData, TrainingError, fit, init_model
+from jobs.train import TrainData, TrainingError, TrainState, fit, init_model
 
 
 def blobs(seed: int = 0, n: int = 400) -> TrainData:
@@ -16,18 +20,30 @@ def blobs(seed: int = 0, n: int = 400) -> TrainData:
     return TrainData(x[:300], y[:300], x[300:], y[300:], n_classes=2)
 
 
-def run(spec: TrainingSpec, data: TrainData) -> list[dict[str, Any]]:
-    model = init_model(MLPSpec(hidden_sizes=[8]), spec, 4, 2)
+def run(
+    spec: TrainingSpec,
+    data: TrainData,
+    resume: TrainState | None = None,
+    keep: list[TrainState] | None = None,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
+    model = init_model(MLPSpec(hidden_sizes=[8], dropout=0.2), spec, 4, 2)
     seen: list[dict[str, Any]] = []
-    fit(
-        model,
-        data,
-        spec,
-        "val_accuracy",
-        "max",
-        lambda e, m, last, best: seen.append({"epoch": e, "last": last, **m}),
-    )
+
+    def on_epoch(e: int, m: dict[str, float], last: bool, snapshot: Any) -> None:
+        seen.append({"epoch": e, "last": last, **m})
+        if keep is not None:
+            keep.append(copy.deepcopy(snapshot()))
+        if stop_after is not None and e == stop_after:
+            raise KeyboardInterrupt  # stands in for a worker dying after this epoch
+
+    with contextlib.suppress(KeyboardInterrupt):
+        fit(model, data, spec, "val_accuracy", "max", on_epoch, resume=resume)
     return seen
+
+
+def strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
 
 
 def test_learns_and_reports_every_epoch() -> None:
@@ -39,8 +55,27 @@ def test_learns_and_reports_every_epoch() -> None:
 
 def test_same_seed_same_metrics() -> None:
     spec = TrainingSpec(epochs=3, learning_rate=0.01, batch_size=16, seed=5)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
     assert strip(run(spec, blobs())) == strip(run(spec, blobs()))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_resume_from_a_checkpoint_is_exact(optimizer: str, tmp_path: Path) -> None:
+    spec = TrainingSpec(
+        epochs=5,
+        learning_rate=0.01,
+        batch_size=16,
+        seed=2,
+        optimizer=optimizer,
+        early_stopping=EarlyStoppingSpec(patience=10),
+    )
+    straight = run(spec, blobs())
+    states: list[TrainState] = []
+    first = run(spec, blobs(), keep=states, stop_after=2)
+    assert [r["epoch"] for r in first] == [1, 2]
+    save_checkpoint(tmp_path, states[-1])  # through the files, as a restarted worker would
+    rest = run(spec, blobs(), resume=load_checkpoint(tmp_path))
+    assert [r["epoch"] for r in rest] == [3, 4, 5]
+    assert strip(first + rest) == strip(straight)
 
 
 def test_early_stopping_ends_the_trial() -> None:

@@ -408,8 +408,9 @@ def read_sse(api: Api, job_id: str, headers: dict[str, str] | None = None) -> li
     import json
 
     events: list[dict[str, Any]] = []
-    with api.c.stream("GET", f"/v1/jobs/{job_id}/events", headers={**api.h, **(headers or {})}
-                      ) as r:
+    with api.c.stream(
+        "GET", f"/v1/jobs/{job_id}/events", headers={**api.h, **(headers or {})}
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         kind = None
@@ -423,12 +424,19 @@ def read_sse(api: Api, job_id: str, headers: dict[str, str] | None = None) -> li
 
 def test_event_stream_replays_history_and_resumes(api: Api) -> None:
     job_id = api.post("/v1/jobs", json=spec()).json()["id"]
-    post_events(api, job_id, [
-        Event(key="job.running", type="job.running"),
-        Event(key="trial.epoch:t1:1", type="trial.epoch",
-              data={"trial_id": "t1", "epoch": 1, "metrics": {"val_loss": 1.0}}),
-        Event(key="job.succeeded", type="job.succeeded", data=RESULT),
-    ])
+    post_events(
+        api,
+        job_id,
+        [
+            Event(key="job.running", type="job.running"),
+            Event(
+                key="trial.epoch:t1:1",
+                type="trial.epoch",
+                data={"trial_id": "t1", "epoch": 1, "metrics": {"val_loss": 1.0}},
+            ),
+            Event(key="job.succeeded", type="job.succeeded", data=RESULT),
+        ],
+    )
     events = read_sse(api, job_id)  # the job is over: the stream replays and closes
     kinds = [(e["type"], e["data"].get("status")) for e in events]
     assert ("job.status", "running") in kinds and ("job.status", "succeeded") in kinds
@@ -438,6 +446,8 @@ def test_event_stream_replays_history_and_resumes(api: Api) -> None:
     # Reconnect after the second event: only what came after it.
     rest = read_sse(api, job_id, {"Last-Event-ID": str(ids[1])})
     assert [e["id"] for e in rest] == ids[2:]
-    assert api.c.get(f"/v1/jobs/{job_id}/events", headers={**api.h, "Last-Event-ID": "x"}) \
-        .status_code == 422
+    assert (
+        api.c.get(f"/v1/jobs/{job_id}/events", headers={**api.h, "Last-Event-ID": "x"}).status_code
+        == 422
+    )
     assert api.get("/v1/jobs/job_nope/events").status_code == 404

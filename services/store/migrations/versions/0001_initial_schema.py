@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 16:07:34.325730
+Create Date: 2026-11-27 16:44:23.006728
 """
 
 from alembic import op
@@ -111,6 +111,7 @@ def upgrade() -> None:
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=True),
     sa.Column('epochs_completed', sa.Integer(), nullable=False),
+    sa.Column('restarts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,287 @@
+"""Search algorithms, schedulers and fault tolerance on a real local Ray cluster.
+
+Trials are tiny (a few hundred rows, a few epochs); the driver's progress events go over real
+HTTP to a small collector standing in for the control plane's event route.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from jobs.events import EventSink
+from jobs.search import run_search
+from jobs.spec import JobSpec
+from jobs.train import TrainData
+
+
+class Collector:
+    """Receives event batches like POST /v1/internal/jobs/{id}/events does."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                collector.events.extend(body["events"])
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e["data"] for e in self.events if e["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    # "local": a new cluster of our own, never one another process left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.server.shutdown()
+
+
+def blobs(n: int = 600, seed: int = 0) -> TrainData:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = (rng.normal(size=(n, 6)) + y[:, None] * 0.8).astype(np.float32)
+    cut = int(n * 0.75)
+    return TrainData(x[:cut], y[:cut], x[cut:], y[cut:], n_classes=2)
+
+
+def search(collector: Collector, tmp_path: Path, name: str, **search_spec: Any) -> Any:
+    training = search_spec.pop("training", {"epochs": 4, "batch_size": 64})
+    spec = JobSpec.model_validate(
+        {
+            "name": name,
+            "dataset": {"id": "d", "target": "y"},
+            "model": {"hidden_sizes": [8]},
+            "training": training,
+            "search": search_spec,
+        }
+    )
+    sink = EventSink(collector.url, name, "token")
+    try:
+        return run_search(spec, blobs(), tmp_path / "tune", name, sink)
+    finally:
+        assert sink.close(30)
+
+
+def epochs_by_trial(c: Collector) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for e in c.of("trial.epoch"):
+        out.setdefault(e["trial_id"], []).append(e["epoch"])
+    return out
+
+
+LR = {"training.learning_rate": {"loguniform": [0.001, 0.05]}}
+
+
+def test_random_search_with_points_to_evaluate(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    space = {**LR, "model.hidden_sizes": {"choice": [[4], [8, 4]]}}
+    point = {"training.learning_rate": 0.0123, "model.hidden_sizes": [8, 4]}
+    best = search(
+        collector, tmp_path, "random", space=space, num_trials=3, points_to_evaluate=[point]
+    )
+    started = sorted(collector.of("trial.started"), key=lambda d: d["number"])
+    assert len(started) == 3
+    assert started[0]["config"] == point  # decoded back from the index Tune searched
+    assert all(e == [1, 2, 3, 4] for e in epochs_by_trial(collector).values())
+    assert best.config in [d["config"] for d in started]
+    assert (
+        set(best.state) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+        or best.state
+    )
+
+
+def test_grid_search_tries_every_combination(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    space = {
+        "training.learning_rate": {"grid": [0.01, 0.03]},
+        "training.optimizer": {"choice": ["adam", "sgd"]},
+    }
+    search(
+        collector,
+        tmp_path,
+        "grid",
+        algorithm="grid",
+        space=space,
+        training={"epochs": 1, "batch_size": 64},
+    )
+    configs = {
+        (d["config"]["training.learning_rate"], d["config"]["training.optimizer"])
+        for d in collector.of("trial.started")
+    }
+    assert configs == {(0.01, "adam"), (0.01, "sgd"), (0.03, "adam"), (0.03, "sgd")}
+
+
+def test_optuna_is_seeded(ray_cluster: None, collector: Collector, tmp_path: Path) -> None:
+    search(
+        collector,
+        tmp_path / "a",
+        "optuna",
+        algorithm="optuna",
+        space=LR,
+        num_trials=3,
+        seed=11,
+        max_concurrent=1,
+        training={"epochs": 1, "batch_size": 64},
+    )
+    first = [d["config"] for d in sorted(collector.of("trial.started"), key=lambda d: d["number"])]
+    collector.events.clear()
+    search(
+        collector,
+        tmp_path / "b",
+        "optuna",
+        algorithm="optuna",
+        space=LR,
+        num_trials=3,
+        seed=11,
+        max_concurrent=1,
+        training={"epochs": 1, "batch_size": 64},
+    )
+    again = [d["config"] for d in sorted(collector.of("trial.started"), key=lambda d: d["number"])]
+    assert len(first) == 3 and first == again
+
+
+def test_asha_stops_weak_trials_early(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    space = {"training.learning_rate": {"loguniform": [1e-5, 0.05]}}
+    search(
+        collector,
+        tmp_path,
+        "asha",
+        scheduler="asha",
+        space=space,
+        num_trials=6,
+        training={"epochs": 8, "batch_size": 64},
+    )
+    stopped = collector.of("trial.stopped")
+    assert stopped, "ASHA stopped no trial"
+    by_trial = epochs_by_trial(collector)
+    for s in stopped:
+        assert s["epoch"] < 8 and by_trial[s["trial_id"]][-1] == s["epoch"]
+    assert sum(len(v) for v in by_trial.values()) < 6 * 8
+
+
+@pytest.mark.parametrize("scheduler", ["hyperband", "median"])
+def test_schedulers_run_to_a_result(
+    scheduler: str, ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    best = search(
+        collector,
+        tmp_path,
+        scheduler,
+        scheduler=scheduler,
+        space=LR,
+        num_trials=4,
+        training={"epochs": 4, "batch_size": 64},
+    )
+    assert best.metrics["val_accuracy"] > 0.5
+    for epochs in epochs_by_trial(collector).values():
+        # Paused and resumed trials continue where they stopped: no epoch twice, none skipped.
+        assert epochs == list(range(1, len(epochs) + 1))
+
+
+def test_pbt_perturbs_training_fields(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    search(
+        collector,
+        tmp_path,
+        "pbt",
+        scheduler="pbt",
+        space=LR,
+        num_trials=4,
+        pbt_interval=2,
+        training={"epochs": 4, "batch_size": 64},
+    )
+    first: dict[str, Any] = {}
+    for d in collector.of("trial.started"):  # a restarted trial starts again: keep the first
+        first.setdefault(d["trial_id"], d["config"])
+    changed = [e for e in collector.of("trial.epoch") if e["config"] != first[e["trial_id"]]]
+    assert changed, "PBT never exploited/explored"
+    # An exploited trial continues from the checkpoint it copied, not from epoch 0.
+    assert all(e["start_epoch"] > 0 for e in changed)
+
+
+def test_time_budget_ends_the_search_with_the_best_so_far(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    t0 = time.monotonic()
+    best = search(
+        collector,
+        tmp_path,
+        "budget",
+        space=LR,
+        num_trials=2,
+        time_budget_s=12,
+        training={"epochs": 1000, "batch_size": 32},
+    )
+    assert time.monotonic() - t0 < 60
+    stopped = collector.of("trial.stopped")
+    assert stopped and all(s["epoch"] < 1000 for s in stopped)
+    assert best.metrics["epoch"] >= 1
+
+
+def test_killed_worker_resumes_from_its_checkpoint(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    killed: list[int] = []
+
+    def killer() -> None:
+        while not killed:
+            for e in collector.of("trial.epoch"):
+                if e["epoch"] >= 3 and e["pid"]:
+                    os.kill(e["pid"], signal.SIGKILL)
+                    killed.append(e["epoch"])
+                    return
+            time.sleep(0.05)
+
+    threading.Thread(target=killer, daemon=True).start()
+    search(
+        collector,
+        tmp_path,
+        "kill",
+        space={},
+        max_failures=2,
+        training={"epochs": 12, "batch_size": 8},
+    )
+    assert killed
+    assert collector.of("trial.recovered")
+    epochs = [e["epoch"] for e in collector.of("trial.epoch")]
+    after = [e for e in collector.of("trial.epoch") if e["start_epoch"] > 0]
+    # The restarted worker went on from its last checkpoint, not from epoch 1.
+    assert after and after[0]["epoch"] == after[0]["start_epoch"] + 1
+    assert after[0]["start_epoch"] >= killed[0] - 1
+    assert sorted(set(epochs)) == list(range(1, 13))
