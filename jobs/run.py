@@ -242,7 +242,8 @@ def main(argv: list[str]) -> int:
     job_id = argv[1]
     manifest = Manifest.load(os.environ["CRUCIBLE_ARTIFACT_ROOT"], job_id)
     sink = EventSink(os.environ["CRUCIBLE_API_URL"], job_id, os.environ["CRUCIBLE_JOB_TOKEN"])
-    sink.emit("job.running", "job.running", stage="prepare")
+    # The pid lets an operator (or a chaos test) find the driver of a job.
+    sink.emit("job.running", f"job.running:{os.getpid()}", stage="prepare", pid=os.getpid())
     code = 0
     try:
         result = execute(manifest, sink)

@@ -159,17 +159,25 @@ def trial_error_text(trial: Trial) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
+# The driver's live connections to the control plane, by experiment name. Tune pickles the
+# run config (callbacks included) into the experiment folder; when a new driver restores the
+# experiment, the unpickled callback finds that driver's sink here.
+_SINKS: dict[str, EventSink] = {}
+
+
 class ProgressCallback(tune.Callback):
     """Forwards Tune's trial lifecycle to the control plane as progress events."""
 
-    def __init__(self, sink: EventSink, codec: SpaceCodec) -> None:
-        self.sink = sink
+    def __init__(self, name: str, codec: SpaceCodec) -> None:
+        self.name = name
         self.codec = codec
 
+    @property
+    def sink(self) -> EventSink:
+        return _SINKS[self.name]
+
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config into the experiment folder; the live connection to the
-        # control plane is not part of it (a restored experiment is given a new sink).
-        return {}
+        return {"name": self.name, "codec": self.codec}
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -293,7 +301,6 @@ def run_search(
     # Checkpointing every epoch of small trials is the design, not a bottleneck to warn of.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     s = spec.search
-    mode = s.resolved_mode
     codec = SpaceCodec(s.space)
     grid = s.algorithm == "grid"
     # With nothing to search every trial would be the same, and a grid sets its own count.
@@ -305,8 +312,34 @@ def run_search(
         tune.with_parameters(train_one_trial, spec_json=spec.model_dump(mode="json"), data=data),
         {"cpu": spec.resources.cpus_per_trial},
     )
+    _SINKS[name] = sink
+    experiment = storage / name
+    if tune.Tuner.can_restore(experiment):
+        # A driver before this one died mid-search: pick its experiment up where it was.
+        # Finished trials keep their results; running ones resume from their checkpoints.
+        sink.emit("job.running", f"job.restored:{os.getpid()}", stage="restore")
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = _new_tuner(spec, trainable, codec, storage, name, num_trials, max_epochs)
+    return _best_of(tuner.fit(), spec, codec, sink)
+
+
+def _new_tuner(
+    spec: JobSpec,
+    trainable: Any,
+    codec: SpaceCodec,
+    storage: Path,
+    name: str,
+    num_trials: int,
+    max_epochs: int,
+) -> tune.Tuner:
+    s = spec.search
+    mode = s.resolved_mode
+    grid = s.algorithm == "grid"
     search_alg = make_search_alg(s, codec, mode)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space=codec.param_space(grid),
         tune_config=tune.TuneConfig(
@@ -320,13 +353,19 @@ def run_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            callbacks=[ProgressCallback(sink, codec)],
+            callbacks=[ProgressCallback(name, codec)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-    results = tuner.fit()
+
+
+def _best_of(
+    results: tune.ResultGrid, spec: JobSpec, codec: SpaceCodec, sink: EventSink
+) -> BestTrial:
+    s = spec.search
+    mode = s.resolved_mode
     every = [results[i] for i in range(len(results))]
     for r in every:
         m = r.metrics or {}

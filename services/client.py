@@ -7,7 +7,9 @@ job = c.submit_job(spec)
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,28 @@ class Crucible:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/resume")
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """The job's events as they happen (server-sent events), from after ``after``.
+
+        The stream ends when the job has ended and every event was delivered; reconnecting
+        with the last id seen resumes without gaps or repeats.
+        """
+        with self.http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(after)}, timeout=None
+        ) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise CrucibleError(r.status_code, r.json())
+            kind = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind != "end":
+                    yield json.loads(line[6:])
 
     def evaluation(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/evaluation")

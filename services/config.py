@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str | None = Field(None, description="Public base URL of the Serve endpoints.")
     reconcile_interval_s: float = Field(2.0, gt=0)
+    max_driver_restarts: int = Field(
+        1, ge=0, description="Automatic relaunches of a job whose driver died unexplained."
+    )
     deploy_timeout_s: float = Field(180.0, gt=0)
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
 

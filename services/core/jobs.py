@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from jobs.events import Event
 from jobs.spec import FieldError, JobSpec, check_against_columns, check_spec, feature_columns
 from services.core.datasets import get_dataset
 from services.core.errors import Conflict, Invalid, NotFound
 from services.core.ids import new_id
-from services.core.states import TERMINAL, can_transition, transition
+from services.core.states import TERMINAL, can_transition, reopen, transition
 from services.store.models import Job, JobEvent, Trial, TrialEpoch, utcnow
 from services.store.repositories import EventRepository, JobRepository, TrialRepository
 
@@ -115,6 +116,8 @@ def job_view(job: Job) -> dict[str, Any]:
             if job.best_trial_key
             else None
         ),
+        "attempts": job.attempts,
+        "resumable": job.resumable,
         "spec": job.spec,
     }
 
@@ -240,3 +243,26 @@ def events_after(session: Session, job_id: str, after_id: int) -> tuple[list[dic
     job = get_job(session, job_id)
     events = [event_view(e) for e in EventRepository(session).for_job(job_id, after_id)]
     return events, job.status
+
+
+def relaunch(job: Job, reason: str) -> None:
+    """Queue a new driver for a running job whose driver is gone (the reconciler launches it)."""
+    job.attempts += 1
+    job.submitted_at = None
+    session = object_session(job)
+    assert session is not None
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            key=f"job.relaunched:{job.attempts}",
+            type="job.relaunched",
+            ts=time.time(),
+            data={"attempt": job.attempts, "reason": reason},
+        )
+    )
+
+
+def resume_job(session: Session, job_id: str) -> Job:
+    job = get_job(session, job_id, for_update=True)
+    reopen(job)
+    return job

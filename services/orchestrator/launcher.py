@@ -30,12 +30,17 @@ def write_manifest(
     return path
 
 
+def submission_id(job_id: str, attempt: int) -> str:
+    return job_id if attempt == 0 else f"{job_id}-r{attempt}"
+
+
 def launch(
     settings: Settings,
     gateway: RayGateway,
     job_id: str,
     spec: dict[str, Any],
     dataset: dict[str, Any],
+    attempt: int = 0,
 ) -> RayJob:
     write_manifest(settings, job_id, spec, dataset)
     env = {
@@ -47,5 +52,8 @@ def launch(
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     }
     return gateway.submit_job(
-        job_id, [*ENTRYPOINT, job_id], env, metadata={"crucible_job_id": job_id}
+        submission_id(job_id, attempt),
+        [*ENTRYPOINT, job_id],
+        env,
+        metadata={"crucible_job_id": job_id, "attempt": str(attempt)},
     )

@@ -15,9 +15,9 @@ from datetime import timedelta
 
 from services.config import Settings
 from services.core.errors import DomainError
-from services.core.jobs import ingest_result
+from services.core.jobs import ingest_result, relaunch
 from services.core.states import TERMINAL, can_transition, transition
-from services.orchestrator.launcher import job_dir, launch
+from services.orchestrator.launcher import job_dir, launch, submission_id
 from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway
 from services.store.db import Database
 from services.store.models import Job, utcnow
@@ -36,6 +36,7 @@ class _Snapshot:
     submitted: bool
     spec: dict
     dataset: dict
+    attempts: int
 
 
 class Reconciler:
@@ -83,6 +84,7 @@ class Reconciler:
                         job.submitted_at is not None,
                         job.spec,
                         {"id": ds.id, "uri": ds.uri, "sha256": ds.sha256},
+                        job.attempts,
                     )
                 )
         for snap in snapshots:
@@ -92,22 +94,22 @@ class Reconciler:
                 if not snap.submitted:
                     self._launch(snap)
                 else:
-                    self._settle(snap.id)
+                    self._settle(snap.id, snap.attempts)
             except DomainError as exc:
                 log.warning("job %s: %s", snap.id, exc.detail)
 
     def _launch(self, snap: _Snapshot) -> None:
-        launch(self.settings, self.gateway, snap.id, snap.spec, snap.dataset)
+        launch(self.settings, self.gateway, snap.id, snap.spec, snap.dataset, snap.attempts)
         with self.db.session() as s:
             job = JobRepository(s).get(snap.id, for_update=True)
             if job is not None and job.submitted_at is None:
                 job.submitted_at = utcnow()
             if job is not None and job.status == "cancelled":
                 # Cancelled while we were submitting: stop what we just started.
-                self.gateway.stop_job(snap.id)
+                self.gateway.stop_job(submission_id(snap.id, snap.attempts))
 
-    def _settle(self, job_id: str) -> None:
-        ray_job = self.gateway.get_job(job_id)
+    def _settle(self, job_id: str, attempts: int) -> None:
+        ray_job = self.gateway.get_job(submission_id(job_id, attempts))
         with self.db.session() as s:
             job = JobRepository(s).get(job_id, for_update=True)
             if job is None or job.status in TERMINAL:
@@ -132,11 +134,19 @@ class Reconciler:
         if ray_status == "SUCCEEDED" and result.exists():
             ingest_result(job, json.loads(result.read_text()))
             return
-        logs = self.gateway.job_logs_tail(job.id, 2000)
+        logs = self.gateway.job_logs_tail(submission_id(job.id, job.attempts), 2000)
         reason = {
             "SUCCEEDED": "the driver exited without reporting a result",
             "STOPPED": "the Ray job was stopped outside Crucible",
             "FAILED": f"the Ray job failed: {message or 'no message'}",
         }[ray_status]
-        if can_transition(job.status, "failed"):
-            transition(job, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
+        if not can_transition(job.status, "failed"):
+            return
+        if job.attempts < self.settings.max_driver_restarts:
+            # The driver died without saying why (killed, node lost): launch a new one, which
+            # restores the Tune experiment from storage. The job stays running.
+            relaunch(job, reason)
+            self.wake()
+            return
+        transition(job, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
+        job.resumable = True

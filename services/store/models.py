@@ -97,6 +97,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Ray submissions of this job: a driver that dies unexplained is relaunched and restores
+    # the Tune experiment; each launch is its own Ray job ("<id>", "<id>-r1", ...).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    resumable: Mapped[bool] = mapped_column(Boolean, default=False)
     best_trial_key: Mapped[str | None] = mapped_column(String(100))
     best_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -100,3 +100,58 @@ def test_up_joins_an_existing_cluster_with_ray_address(stack: Stack, tmp_path: P
         ).status_code
         == 200
     )
+
+
+def test_killed_driver_is_relaunched_and_the_search_resumes(
+    stack: Stack, adult_small: Path
+) -> None:
+    c = stack.client
+    ds = c.upload_dataset(adult_small, "adult-small-driver")
+    job = c.submit_job(
+        {
+            "name": "driver-kill",
+            "dataset": {"id": ds["id"], "target": "income"},
+            "model": {"hidden_sizes": [8]},
+            "training": {"epochs": 12, "batch_size": 32},
+            "search": {
+                "space": {"training.learning_rate": {"choice": [0.01, 0.02]}},
+                "algorithm": "grid",
+                "max_concurrent": 1,
+            },
+        }
+    )
+    # Wait until the first trial has finished and the second is part-way through.
+    deadline = time.monotonic() + 180
+    while True:
+        trials = c.trials(job["id"])
+        done = [t for t in trials if t["status"] == "succeeded"]
+        going = [t for t in trials if t["status"] == "running" and t["epochs_completed"] >= 2]
+        if done and going:
+            break
+        assert time.monotonic() < deadline, trials
+        time.sleep(0.2)
+    driver = next(
+        e for e in c.events(job["id"]) if e["type"] == "job.running" and e["data"].get("pid")
+    )
+    os.kill(driver["data"]["pid"], signal.SIGKILL)
+
+    final = c.wait(job["id"], timeout=300, poll=0.5)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempts"] == 1
+    events = list(c.events(job["id"]))
+    kinds = [e["type"] for e in events]
+    assert "job.relaunched" in kinds
+    restored = next(
+        i
+        for i, e in enumerate(events)
+        if e["type"] == "job.running" and e["data"].get("stage") == "restore"
+    )
+    finished_before = {
+        e["data"]["trial_id"] for e in events[:restored] if e["type"] == "trial.finished"
+    }
+    later = [e["data"] for e in events[restored:] if e["type"] == "trial.epoch"]
+    assert finished_before and later
+    assert not [e for e in later if e["trial_id"] in finished_before]  # not rerun
+    assert later[0]["start_epoch"] >= 1  # the interrupted trial went on from its checkpoint
+    for t in c.trials(job["id"]):
+        assert [h["epoch"] for h in t["history"]] == list(range(1, 13))

@@ -451,3 +451,12 @@ def test_event_stream_replays_history_and_resumes(api: Api) -> None:
         == 422
     )
     assert api.get("/v1/jobs/job_nope/events").status_code == 404
+
+
+def test_only_a_lost_driver_makes_a_job_resumable(api: Api) -> None:
+    job_id = api.post("/v1/jobs", json=spec()).json()["id"]
+    r = api.post(f"/v1/jobs/{job_id}/resume")
+    assert r.status_code == 409 and "driver was lost" in r.json()["detail"]
+    post_events(api, job_id, [Event(key="job.failed", type="job.failed", data={"error": "x"})])
+    assert api.post(f"/v1/jobs/{job_id}/resume").status_code == 409  # it failed by itself
+    assert api.post("/v1/jobs/job_nope/resume").status_code == 404

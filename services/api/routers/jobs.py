@@ -15,6 +15,7 @@ from services.core import jobs as job_service
 from services.core.errors import DomainError, Invalid
 from services.core.promotion import promote
 from services.core.states import TERMINAL
+from services.orchestrator.launcher import submission_id
 from services.store.repositories import JobRepository
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -83,7 +84,16 @@ def cancel_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, 
     if submitted:
         # If Ray does not answer now, the reconciler stops the job once it does.
         with contextlib.suppress(DomainError):
-            services.gateway.stop_job(job_id)
+            services.gateway.stop_job(submission_id(job_id, view["attempts"]))
+    return view
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+    """Relaunch a job whose driver was lost; the search continues from its stored state."""
+    with services.db.session() as s:
+        view = job_service.job_view(job_service.resume_job(s, job_id))
+    services.reconciler.wake()
     return view
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 16:44:23.006728
+Create Date: 2026-11-27 17:01:22.958163
 """
 
 from alembic import op
@@ -59,6 +59,8 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('resumable', sa.Boolean(), nullable=False),
     sa.Column('best_trial_key', sa.String(length=100), nullable=True),
     sa.Column('best_metrics', sa.JSON(), nullable=True),
     sa.Column('evaluation', sa.JSON(), nullable=True),
