@@ -48,10 +48,22 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str | None = Field(None, description="Public base URL of the Serve endpoints.")
     reconcile_interval_s: float = Field(2.0, gt=0)
+    ray_autoscaling: bool = Field(
+        False,
+        description="The Ray cluster adds nodes on demand (KubeRay autoscaler): a job bigger "
+        "than today's nodes waits for new ones instead of being refused.",
+    )
     max_driver_restarts: int = Field(
         1, ge=0, description="Automatic relaunches of a job whose driver died unexplained."
     )
     deploy_timeout_s: float = Field(180.0, gt=0)
+    serve_replica_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs each Serve replica reserves. 0 lets endpoints share the cores of a "
+        "single machine with training (a 2-core laptop would otherwise lose a trial slot); on "
+        "a cluster reserve what a replica really uses.",
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
 
     @property

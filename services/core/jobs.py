@@ -266,3 +266,26 @@ def resume_job(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id, for_update=True)
     reopen(job)
     return job
+
+
+def check_fits(spec: JobSpec, nodes: list[dict[str, float]]) -> None:
+    """Refuse a job whose trials can never be placed on any node of the cluster.
+
+    Without this a trial asking for more CPUs than any node has sits in PENDING forever.
+    """
+    if not nodes:
+        return  # the cluster is starting; nothing to compare with yet
+    largest = max(n.get("CPU", 0.0) for n in nodes)
+    need = spec.resources.cpus_per_trial
+    if need > largest:
+        raise Invalid(
+            "the job can never be scheduled on this cluster",
+            [
+                {
+                    "loc": ["resources", "cpus_per_trial"],
+                    "msg": f"asks {need:g} CPUs per trial; the largest node has {largest:g} "
+                    f"({len(nodes)} node(s), {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs "
+                    "in all)",
+                }
+            ],
+        )

@@ -100,9 +100,25 @@ class RayGateway:
         logs: str = r.json().get("logs", "")
         return logs[-chars:]
 
-    def cluster_resources(self) -> dict[str, Any]:
+    def node_resources(self) -> list[dict[str, float]]:
+        """Total resources of each live node (CPU, GPU, memory, ...)."""
+        r = self._request("GET", "/nodes", params={"view": "summary"})
+        if r.status_code != 200:
+            raise UpstreamFailed(f"Ray node summary failed: {r.status_code} {r.text[:300]}")
+        nodes = r.json()["data"]["summary"]
+        return [
+            n["raylet"]["resourcesTotal"]
+            for n in nodes
+            if n.get("raylet", {}).get("state") == "ALIVE"
+        ]
+
+    def resource_usage(self) -> dict[str, tuple[float, float]]:
+        """Cluster-wide (used, total) per resource, as Ray's autoscaler monitor reports it."""
         r = self._request("GET", "/api/cluster_status")
-        return r.json() if r.status_code == 200 else {}
+        if r.status_code != 200:
+            raise UpstreamFailed(f"Ray cluster status failed: {r.status_code} {r.text[:300]}")
+        report = (r.json()["data"].get("clusterStatus") or {}).get("loadMetricsReport") or {}
+        return {k: (float(v[0]), float(v[1])) for k, v in report.get("usage", {}).items()}
 
     # --- serve ----------------------------------------------------------------------------
 

@@ -53,9 +53,7 @@ class ServeDeployer:
                         {
                             "name": "ModelServer",
                             "num_replicas": 1,
-                            # Small reservation: on a laptop the replica shares cores with
-                            # training trials and must not wait for them to finish.
-                            "ray_actor_options": {"num_cpus": 0.1},
+                            "ray_actor_options": {"num_cpus": self.settings.serve_replica_cpus},
                             "user_config": {"token_hashes": sorted(token_hashes)},
                         }
                     ],

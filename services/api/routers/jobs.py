@@ -35,6 +35,13 @@ def submit_job(
     """Validate a job spec and queue the job; it is launched on Ray right after."""
     with services.db.session() as s:
         valid = job_service.validate_spec(s, spec)
+    if not services.settings.ray_autoscaling:
+        try:
+            nodes = services.gateway.node_resources()
+        except DomainError:
+            nodes = []  # Ray unreachable: accept and queue; the reconciler launches it later
+        job_service.check_fits(valid, nodes)
+    with services.db.session() as s:
         job = job_service.create_job(s, valid, created_by=user.token_id)
         job_id = job.id
     # After the commit: the reconciler launches it (and would, after a crash, on restart).
