@@ -113,8 +113,18 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
     job_spec = JobSpec.model_validate(spec_json)
     codec = SpaceCodec(job_spec.search.space)
     spec = effective_spec(job_spec, codec.decode(config))
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+    if spec.resources.workers_per_trial > 1:
+        from jobs.distributed import run_data_parallel
+
+        context = tune.get_context()
+        run_data_parallel(
+            spec, data, Path(context.get_trial_dir()) / "train", context.get_trial_id()
+        )
+        return
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    device = torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
     model = init_model(spec.model, spec.training, data.x_train.shape[1], data.n_classes)
+    model.to(device)
     checkpoint = tune.get_checkpoint()
     resume: TrainState | None = None
     if checkpoint is not None:
@@ -145,6 +155,7 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
         on_epoch,
         resume=resume,
         max_epochs=spec.search.max_epochs_per_trial,
+        device=device,
     )
 
 
@@ -308,9 +319,17 @@ def run_search(
     max_epochs = min(spec.training.epochs, s.max_epochs_per_trial or spec.training.epochs)
     if "training.epochs" in s.space:
         max_epochs = max(int(v) for v in s.space["training.epochs"].candidates())
+    r = spec.resources
+    # A data-parallel trial only coordinates: its Ray Train workers reserve the resources.
+    # (Tune refuses an empty request; a byte of memory is the smallest non-empty one.)
+    trial_resources = (
+        {"cpu": 0.0, "memory": 1.0}
+        if r.workers_per_trial > 1
+        else {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
+    )
     trainable = tune.with_resources(
         tune.with_parameters(train_one_trial, spec_json=spec.model_dump(mode="json"), data=data),
-        {"cpu": spec.resources.cpus_per_trial},
+        trial_resources,
     )
     _SINKS[name] = sink
     experiment = storage / name
@@ -378,7 +397,7 @@ def _best_of(
                 trial_id=m["trial_id"],
                 epoch=int(m.get("epoch", 0)),
             )
-    ok = [r for r in every if r.error is None and r.checkpoint is not None]
+    ok = [r for r in every if r.error is None and _checkpoint_dir(r) is not None]
     if not ok:
         errors = [str(getattr(r.error, "cause", None) or r.error) for r in every if r.error]
         if errors:
@@ -388,10 +407,10 @@ def _best_of(
             + (f" (search.time_budget_s is {s.time_budget_s:g}s)" if s.time_budget_s else "")
         )
     best = results.get_best_result(s.metric, mode, scope="all")
-    if best.checkpoint is None or best.error is not None:
+    folder = _checkpoint_dir(best)
+    if folder is None or best.error is not None:
         raise SearchFailed("the best trial left no checkpoint")
-    with best.checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder))
+    state = load_checkpoint(folder)
     df = best.metrics_dataframe
     assert df is not None  # a trial with a checkpoint has reported
     row = df.loc[df[s.metric].idxmax()] if mode == "max" else df.loc[df[s.metric].idxmin()]
@@ -401,6 +420,15 @@ def _best_of(
         metrics={k: float(row[k]) for k in (*EPOCH_METRICS, "epoch") if k in row},
         state=state.best,
     )
+
+
+def _checkpoint_dir(result: Any) -> Path | None:
+    """Where a trial's latest training state is: its Tune checkpoint, or for a data-parallel
+    trial the Ray Train checkpoint whose path rank 0 reported."""
+    if result.checkpoint is not None:
+        return Path(result.checkpoint.path)
+    path = (result.metrics or {}).get("checkpoint_path")
+    return Path(path) if path else None
 
 
 def rebuild(

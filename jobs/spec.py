@@ -211,7 +211,18 @@ class SearchSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    cpus_per_trial: float = Field(1.0, gt=0, le=256, description="CPUs reserved by each trial.")
+    workers_per_trial: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Processes training one trial. 1: a plain Tune trial; more: data-parallel "
+        "training (PyTorch DDP through Ray Train; gloo on CPU, NCCL on GPU), the data sharded "
+        "across workers and the batch size split between them.",
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, le=256, description="CPUs each worker reserves.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, le=16, description="GPUs each worker reserves; > 0 trains on CUDA."
+    )
 
 
 ThresholdName = Literal[

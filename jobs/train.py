@@ -59,11 +59,15 @@ def make_optimizer(spec: TrainingSpec, params: list[nn.Parameter]) -> torch.opti
     return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
 
 
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 8192) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: np.ndarray, batch_size: int = 8192, device: torch.device | None = None
+) -> torch.Tensor:
     model.eval()
     with torch.inference_mode():
         t = torch.from_numpy(np.require(x, requirements="W"))
-        return torch.cat([model(t[i : i + batch_size]) for i in range(0, len(t), batch_size)])
+        return torch.cat(
+            [model(t[i : i + batch_size].to(device or "cpu")) for i in range(0, len(t), batch_size)]
+        )
 
 
 def _better(a: float, b: float, mode: str, min_delta: float = 0.0) -> bool:
@@ -79,6 +83,9 @@ def fit(
     on_epoch: EpochCallback,
     resume: TrainState | None = None,
     max_epochs: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | None = None,
 ) -> StateDict:
     """Train ``model``; return the weights of the epoch that scored best on ``select_metric``.
 
@@ -86,13 +93,24 @@ def fit(
     :func:`init_model` for seeded initial weights too. With ``resume`` the loop continues from
     a checkpoint exactly where it stopped: same weights, optimizer moments, RNG streams and
     early-stopping counters, so the run matches one that was never interrupted.
+
+    Data-parallel workers pass ``shard=(rank, world_size)`` and an ``all_reduce`` (sum): every
+    worker draws the same shuffled order and trains on its slice of it, the training loss is
+    summed across workers, and each evaluates the whole validation split with the shared
+    weights, so every worker reports the same, global metrics.
     """
+    core = getattr(model, "module", model)  # DDP wraps the model; states are the inner one's
+    device = device or torch.device("cpu")
+    rank, world = shard
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     # Arrays from Ray's object store are read-only; torch wants writable memory.
     x = torch.from_numpy(np.require(data.x_train, requirements="W"))
     y = torch.from_numpy(np.require(data.y_train, requirements="W"))
-    y_val = torch.from_numpy(np.require(data.y_val, requirements="W"))
+    y_val = torch.from_numpy(np.require(data.y_val, requirements="W")).to(device)
+    if device.type == "cuda":
+        # Pinned host memory makes the per-batch copies asynchronous.
+        x, y = x.pin_memory(), y.pin_memory()
     loss_fn = nn.CrossEntropyLoss()
     optimizer = make_optimizer(spec, list(model.parameters()))
     epochs = min(spec.epochs, max_epochs) if max_epochs else spec.epochs
@@ -111,7 +129,7 @@ def fit(
         torch_rng=torch.get_rng_state(),
     )
     if resume is not None:
-        model.load_state_dict(resume.model)
+        core.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         # A restored trial may carry new hyperparameters (PBT): the spec wins over the state.
         for group in optimizer.param_groups:
@@ -120,8 +138,11 @@ def fit(
         torch.set_rng_state(resume.torch_rng)
         state = resume
 
+    def weights() -> StateDict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()}
+
     def snapshot() -> TrainState:
-        state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.model = weights()
         state.optimizer = optimizer.state_dict()
         state.batch_rng, state.torch_rng = gen.get_state(), torch.get_rng_state()
         return state
@@ -129,12 +150,14 @@ def fit(
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(x), generator=gen)
+        order = torch.randperm(len(x), generator=gen)[rank::world]
         total, count = 0.0, 0
         for i in range(0, len(order), spec.batch_size):
             idx = order[i : i + spec.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            xb = x[idx].to(device, non_blocking=True)
+            yb = y[idx].to(device, non_blocking=True)
+            loss = loss_fn(model(xb), yb)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} in epoch {epoch}; "
@@ -145,11 +168,14 @@ def fit(
             total += loss.item() * len(idx)
             count += len(idx)
 
-        logits = predict_logits(model, data.x_val)
+        if all_reduce is not None:
+            summed = all_reduce(torch.tensor([total, float(count)], device=device))
+            total, count = float(summed[0]), int(summed[1])
+        logits = predict_logits(core, data.x_val, device=device)
         metrics = {
             "train_loss": total / max(count, 1),
             "val_loss": float(loss_fn(logits, y_val)) if len(y_val) else math.nan,
-            **validation_metrics(data.y_val, logits.argmax(1).numpy(), data.n_classes),
+            **validation_metrics(data.y_val, logits.argmax(1).cpu().numpy(), data.n_classes),
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
 
@@ -157,7 +183,7 @@ def fit(
         score = metrics[select_metric]
         if not state.best or _better(score, state.best_score, select_mode):
             state.best_score = score
-            state.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.best = weights()
 
         last = epoch == epochs
         if es is not None:

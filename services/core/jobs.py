@@ -269,23 +269,33 @@ def resume_job(session: Session, job_id: str) -> Job:
 
 
 def check_fits(spec: JobSpec, nodes: list[dict[str, float]]) -> None:
-    """Refuse a job whose trials can never be placed on any node of the cluster.
+    """Refuse a job whose trials can never be placed on the cluster as it is.
 
-    Without this a trial asking for more CPUs than any node has sits in PENDING forever.
+    Without this a trial asking for more than any node (or the whole cluster) has sits in
+    PENDING forever. A cluster that autoscales skips the check (settings.ray_autoscaling).
     """
     if not nodes:
         return  # the cluster is starting; nothing to compare with yet
-    largest = max(n.get("CPU", 0.0) for n in nodes)
-    need = spec.resources.cpus_per_trial
-    if need > largest:
-        raise Invalid(
-            "the job can never be scheduled on this cluster",
-            [
+    r = spec.resources
+    problems: list[dict[str, Any]] = []
+    for key, per_worker, field in (
+        ("CPU", r.cpus_per_worker, "cpus_per_worker"),
+        ("GPU", r.gpus_per_worker, "gpus_per_worker"),
+    ):
+        if per_worker == 0:
+            continue
+        per_node = [n.get(key, 0.0) for n in nodes]
+        # Workers of one trial may spread over nodes, but each must fit on one.
+        slots = sum(int(c // per_worker) for c in per_node)
+        if max(per_node) < per_worker or slots < r.workers_per_trial:
+            problems.append(
                 {
-                    "loc": ["resources", "cpus_per_trial"],
-                    "msg": f"asks {need:g} CPUs per trial; the largest node has {largest:g} "
-                    f"({len(nodes)} node(s), {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs "
-                    "in all)",
+                    "loc": ["resources", field],
+                    "msg": f"a trial needs {r.workers_per_trial} worker(s) x {per_worker:g} {key}; "
+                    f"the cluster has {len(nodes)} node(s) with {key} "
+                    f"{', '.join(f'{c:g}' for c in per_node)} (largest node has "
+                    f"{max(per_node):g})",
                 }
-            ],
-        )
+            )
+    if problems:
+        raise Invalid("the job can never be scheduled on this cluster", problems)

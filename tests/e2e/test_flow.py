@@ -239,9 +239,9 @@ def test_cancel_stops_the_job_and_frees_the_cluster(stack: Stack, uploaded: dict
 def test_a_job_that_can_never_fit_is_refused(stack: Stack, uploaded: dict[str, Any]) -> None:
     before = len(stack.client.jobs())
     with pytest.raises(CrucibleError) as exc:
-        stack.client.submit_job(flow_spec(uploaded["id"], resources={"cpus_per_trial": 64}))
+        stack.client.submit_job(flow_spec(uploaded["id"], resources={"cpus_per_worker": 64}))
     assert exc.value.status == 422
     (field,) = exc.value.fields
-    assert field["loc"] == ["resources", "cpus_per_trial"]
+    assert field["loc"] == ["resources", "cpus_per_worker"]
     assert "largest node has 2" in field["msg"]
     assert len(stack.client.jobs()) == before

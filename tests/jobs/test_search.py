@@ -77,6 +77,7 @@ def blobs(n: int = 600, seed: int = 0) -> TrainData:
 
 def search(collector: Collector, tmp_path: Path, name: str, **search_spec: Any) -> Any:
     training = search_spec.pop("training", {"epochs": 4, "batch_size": 64})
+    resources = search_spec.pop("resources", {})
     spec = JobSpec.model_validate(
         {
             "name": name,
@@ -84,6 +85,7 @@ def search(collector: Collector, tmp_path: Path, name: str, **search_spec: Any) 
             "model": {"hidden_sizes": [8]},
             "training": training,
             "search": search_spec,
+            "resources": resources,
         }
     )
     sink = EventSink(collector.url, name, "token")
@@ -285,3 +287,29 @@ def test_killed_worker_resumes_from_its_checkpoint(
     assert after and after[0]["epoch"] == after[0]["start_epoch"] + 1
     assert after[0]["start_epoch"] >= killed[0] - 1
     assert sorted(set(epochs)) == list(range(1, 13))
+
+
+def test_two_worker_ddp_trial_matches_one_worker(
+    ray_cluster: None, collector: Collector, tmp_path: Path
+) -> None:
+    training = {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "optimizer": "sgd"}
+    single = search(collector, tmp_path / "one", "one", space={}, training=training)
+    one = collector.of("trial.epoch")
+    collector.events.clear()
+    ddp = search(
+        collector,
+        tmp_path / "two",
+        "two",
+        space={},
+        training=training,
+        resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+    )
+    two = collector.of("trial.epoch")
+    assert [e["epoch"] for e in two] == [1, 2, 3]
+    # Figures are global (loss summed over both shards, validation on the whole split), so
+    # the two runs see the same data per epoch and land close together.
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["metrics"]["val_accuracy"] - b["metrics"]["val_accuracy"]) < 0.06
+        assert abs(a["metrics"]["train_loss"] - b["metrics"]["train_loss"]) < 0.1
+    assert abs(single.metrics["val_accuracy"] - ddp.metrics["val_accuracy"]) < 0.06
+    assert set(ddp.state) == set(single.state)  # rank 0's weights, without DDP's prefix
