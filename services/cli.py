@@ -183,8 +183,12 @@ def datasets_list(
 
 
 def _load_spec(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        console.print(f"[red]Cannot read the spec {path}:[/] {exc}")
+        raise typer.Exit(2) from None
     if not isinstance(data, dict):
         console.print(f"[red]{path} does not hold a spec object[/]")
         raise typer.Exit(2)
@@ -208,8 +212,9 @@ def submit(
     if not follow:
         _out(job, as_json)
         return
-    from services.demo import follow as follow_job
+    from services.progress import follow as follow_job
 
+    console.print(f"job {job['id']} queued")
     final = follow_job(client, job["id"], console)
     _out(final, as_json)
     raise typer.Exit(0 if final["status"] == "succeeded" else 1)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from jobs.datasets import BUILTIN
 from services.client import Crucible
+from services.progress import follow
 
 DEMO_SPEC: dict[str, Any] = {
     "name": "adult-demo",
@@ -43,55 +44,15 @@ DEMO_SPEC: dict[str, Any] = {
 }
 
 
-def leaderboard(trials: list[dict[str, Any]], metric: str) -> Table:
-    table = Table(title="Leaderboard")
-    for col in ("trial", "status", "epochs", "learning_rate", "hidden_sizes", metric):
-        table.add_column(col)
-
-    def score(t: dict[str, Any]) -> float:
-        return max((h.get(metric, 0.0) for h in t["history"]), default=0.0)
-
-    for t in sorted(trials, key=score, reverse=True):
-        cfg = t["config"]
-        table.add_row(
-            t["trial_id"],
-            t["status"],
-            str(t["epochs_completed"]),
-            f"{cfg.get('training.learning_rate', 0):.5f}",
-            str(cfg.get("model.hidden_sizes")),
-            f"{score(t):.4f}",
-        )
-    return table
-
-
-def follow(client: Crucible, job_id: str, console: Console) -> dict[str, Any]:
-    seen: set[tuple[str, int]] = set()
-    while True:
-        job = client.job(job_id)
-        for t in client.trials(job_id):
-            for h in t["history"]:
-                if (t["trial_id"], h["epoch"]) not in seen:
-                    seen.add((t["trial_id"], h["epoch"]))
-                    console.print(
-                        f"  trial {t['trial_id']} epoch {h['epoch']}: "
-                        f"val_accuracy={h['val_accuracy']:.4f} "
-                        f"val_loss={h['val_loss']:.4f}"
-                    )
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-
-
 def run_demo(client: Crucible, console: Console) -> int:
     t0 = time.monotonic()
     job = client.submit_job(DEMO_SPEC)
     console.print(f"[bold]Submitted[/] job {job['id']} (4 trials, 4 epochs each)")
-    job = follow(client, job["id"], console)
+    job = follow(client, job["id"], console)  # progress bars, then the leaderboard
     if job["status"] != "succeeded":
         console.print(f"[red]Job {job['status']}[/]: {job['error']}")
         return 1
     console.print(f"Search finished in {job['duration_s']:.1f}s")
-    console.print(leaderboard(client.trials(job["id"]), "val_accuracy"))
 
     ev = client.evaluation(job["id"])
     console.print(

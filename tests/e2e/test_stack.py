@@ -155,3 +155,80 @@ def test_killed_driver_is_relaunched_and_the_search_resumes(
     assert later[0]["start_epoch"] >= 1  # the interrupted trial went on from its checkpoint
     for t in c.trials(job["id"]):
         assert [h["epoch"] for h in t["history"]] == list(range(1, 13))
+
+
+def test_cli_submit_follow_shows_progress_and_leaderboard(
+    stack: Stack, adult_small: Path, tmp_path: Path
+) -> None:
+    ds = stack.client.upload_dataset(adult_small, "adult-small-cli")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: cli-follow\n"
+        f"dataset: {{id: {ds['id']}, target: income}}\n"
+        "model: {hidden_sizes: [8]}\n"
+        "training: {epochs: 2, batch_size: 128}\n"
+        "search:\n"
+        "  space: {training.learning_rate: {choice: [0.01, 0.02]}}\n"
+        "  algorithm: grid\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "submit",
+            str(spec),
+            "--follow",
+            "--url",
+            stack.url,
+            "--token",
+            stack.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "job succeeded" in out.stdout
+    assert "Leaderboard" in out.stdout and out.stdout.count("trial") >= 2
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "submit",
+            str(spec),
+            "--url",
+            stack.url,
+            "--token",
+            "wrong",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "401" in bad.stdout
+
+
+def test_cli_rejects_an_unreadable_spec_without_a_traceback(stack: Stack, tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\ndataset: {id: [unclosed\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "submit",
+            str(spec),
+            "--url",
+            stack.url,
+            "--token",
+            stack.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "Cannot read the spec" in out.stdout and "Traceback" not in out.stdout + out.stderr
