@@ -214,8 +214,9 @@ class ProgressCallback(tune.Callback):
             metrics={k: float(result[k]) for k in EPOCH_METRICS if k in result},
             start_epoch=int(result.get("start_epoch", 0)),
             pid=result.get("pid"),
-            # PBT changes a trial's hyperparameters as it goes; keep what this epoch used.
-            config=self.codec.decode(dict(trial.config)),
+            # PBT changes a trial's hyperparameters as it goes; keep what this epoch used: the
+            # result's config comes from the trial process (trial.config may be the next one).
+            config=self.codec.decode(dict(result.get("config") or trial.config)),
         )
 
     def on_trial_complete(
@@ -272,7 +273,12 @@ def make_scheduler(s: SearchSpec, codec: SpaceCodec, max_epochs: int) -> TrialSc
             time_attr=TIME_ATTR,
             perturbation_interval=s.pbt_interval,
             hyperparam_mutations={p: codec.domain(p) for p in s.space},
-            synch=False,
+            # The bottom quarter of a small population is one trial at most, often none that
+            # is due for a perturbation; below 8 trials exploit the bottom half.
+            quantile_fraction=0.25 if s.num_trials >= 8 else 0.5,
+            # Synchronous: the population waits at each interval and the bottom part always
+            # exploits the top, rather than whenever one happens to be due (reproducible).
+            synch=True,
         )
     return FIFOScheduler()
 
@@ -288,6 +294,11 @@ def make_search_alg(s: SearchSpec, codec: SpaceCodec, mode: str) -> SearchAlgori
         )
         return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     # Tune applies max_concurrent_trials only to Searchers; the variant generator limits itself.
+    # HyperBand and synchronous PBT pause trials until their whole bracket or population has
+    # caught up: a limit counting paused trials would wait forever, so there only the
+    # cluster's resources bound how many train at once.
+    if s.scheduler in ("hyperband", "pbt"):
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed)
     return BasicVariantGenerator(
         points_to_evaluate=points, random_state=s.seed, max_concurrent=s.max_concurrent
     )
@@ -368,6 +379,9 @@ def _new_tuner(
             search_alg=search_alg,
             scheduler=make_scheduler(s, codec, max_epochs),
             time_budget_s=s.time_budget_s,
+            # A new trial reuses a finished trial's worker process: no process start, no
+            # second import of torch (~1-2 s a trial on 2 cores; benchmarks/search_overhead.py).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -375,7 +389,10 @@ def _new_tuner(
             callbacks=[ProgressCallback(name, codec)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT restores trials from others' older checkpoints: keep them all there.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if s.scheduler == "pbt" else 2
+            ),
         ),
     )
 
@@ -412,8 +429,10 @@ def _best_of(
         raise SearchFailed("the best trial left no checkpoint")
     state = load_checkpoint(folder)
     df = best.metrics_dataframe
-    assert df is not None  # a trial with a checkpoint has reported
-    row = df.loc[df[s.metric].idxmax()] if mode == "max" else df.loc[df[s.metric].idxmin()]
+    row: Any = best.metrics or {}
+    # The trial's history, when Tune kept it whole (a PBT-restored trial's may restart).
+    if df is not None and s.metric in df and df[s.metric].notna().any():
+        row = df.loc[df[s.metric].idxmax()] if mode == "max" else df.loc[df[s.metric].idxmin()]
     return BestTrial(
         trial_id=str((best.metrics or {}).get("trial_id", best.path.rsplit("/", 1)[-1])),
         config=codec.decode(dict(best.config or {})),

@@ -167,7 +167,13 @@ class SearchSpec(_Strict):
         le=1000,
         description="Trials to run. With algorithm 'grid' the grid's size decides; leave it out.",
     )
-    max_concurrent: int = Field(2, ge=1, le=256, description="Trials running at once.")
+    max_concurrent: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Trials running at once. With hyperband and pbt, which pause trials until "
+        "their bracket or population catches up, the cluster's resources set the limit.",
+    )
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Configurations to try first, e.g. a known good one: "

@@ -226,7 +226,11 @@ def test_pbt_perturbs_training_fields(
         space=LR,
         num_trials=4,
         pbt_interval=2,
-        training={"epochs": 4, "batch_size": 64},
+        # The population must train side by side for PBT to compare and copy: all four at
+        # once, half a CPU each.
+        max_concurrent=4,
+        resources={"cpus_per_worker": 0.5},
+        training={"epochs": 8, "batch_size": 64},
     )
     first: dict[str, Any] = {}
     for d in collector.of("trial.started"):  # a restarted trial starts again: keep the first
