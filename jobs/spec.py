@@ -348,12 +348,8 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
             loc_p: tuple[str | int, ...] = ("search", "points_to_evaluate", i, path)
             if path not in s.space:
                 errors.append(FieldError(loc_p, f"'{path}' is not in search.space"))
-                continue
-            try:
-                JobSpec.model_validate(apply_overrides(base, {path: value}))
-            except ValidationError as exc:
-                detail = "; ".join(e["msg"] for e in exc.errors())
-                errors.append(FieldError(loc_p, f"value {value!r} is not valid: {detail}"))
+            elif (why := _invalid_value(base, path, value)) is not None:
+                errors.append(FieldError(loc_p, why))
     for path, domain in s.space.items():
         loc: tuple[str | int, ...] = ("search", "space", path)
         why = resolve_path(path)
@@ -361,11 +357,8 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
             errors.append(FieldError(loc, why))
             continue
         for value in domain.candidates():
-            try:
-                JobSpec.model_validate(apply_overrides(base, {path: value}))
-            except ValidationError as exc:
-                detail = "; ".join(e["msg"] for e in exc.errors())
-                errors.append(FieldError(loc, f"value {value!r} is not valid for {path}: {detail}"))
+            if (why := _invalid_value(base, path, value)) is not None:
+                errors.append(FieldError(loc, why))
                 break
     sens = spec.audit.sensitive_features
     if spec.dataset.target in sens:
@@ -375,6 +368,16 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
     if len(set(sens)) != len(sens):
         errors.append(FieldError(("audit", "sensitive_features"), "names a column twice"))
     return errors
+
+
+def _invalid_value(base: dict[str, Any], path: str, value: Any) -> str | None:
+    """Why setting ``path`` to ``value`` makes the spec invalid, or None when it does not."""
+    try:
+        JobSpec.model_validate(apply_overrides(base, {path: value}))
+    except ValidationError as exc:
+        detail = "; ".join(e["msg"] for e in exc.errors())
+        return f"value {value!r} is not valid for {path}: {detail}"
+    return None
 
 
 def _check_algorithm(s: SearchSpec) -> list[FieldError]:
