@@ -148,7 +148,7 @@ class _Document:
 
 
 @dataclass(frozen=True)
-class ClassificationAudit(_Document):
+class _Audit(_Document):
     num_rows: int
     features: tuple[str, ...]
     groups: tuple[GroupResult, ...]
@@ -160,22 +160,16 @@ class ClassificationAudit(_Document):
     small_groups: SmallGroupPolicy
     bootstrap: Bootstrap | None
     method: dict[str, str]
+    kind: str
+
+
+@dataclass(frozen=True)
+class ClassificationAudit(_Audit):
     kind: str = "classification"
 
 
 @dataclass(frozen=True)
-class RegressionAudit(_Document):
-    num_rows: int
-    features: tuple[str, ...]
-    groups: tuple[GroupResult, ...]
-    overall: dict[str, float]
-    overall_intervals: dict[str, Interval]
-    disparities: dict[str, Disparity]
-    empty_intersections: tuple[str, ...]
-    n_empty_intersections: int
-    small_groups: SmallGroupPolicy
-    bootstrap: Bootstrap | None
-    method: dict[str, str]
+class RegressionAudit(_Audit):
     kind: str = "regression"
 
 

@@ -34,6 +34,7 @@ from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from jobs.checkpoint import StateDict, load_checkpoint, save_checkpoint
+from jobs.distributed import CHECKPOINT_PATH_KEY
 from jobs.events import EventSink
 from jobs.models import build_model
 from jobs.spec import Domain, JobSpec, SearchSpec, effective_spec
@@ -446,7 +447,7 @@ def _checkpoint_dir(result: Any) -> Path | None:
     trial the Ray Train checkpoint whose path rank 0 reported."""
     if result.checkpoint is not None:
         return Path(result.checkpoint.path)
-    path = (result.metrics or {}).get("checkpoint_path")
+    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
     return Path(path) if path else None
 
 

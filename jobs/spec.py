@@ -141,7 +141,6 @@ class Domain(_Strict):
         return [bounds[0], bounds[1]]
 
 
-SEARCH_METRICS = ("val_accuracy", "val_f1_macro", "val_loss")
 SearchMetric = Literal["val_accuracy", "val_f1_macro", "val_loss"]
 
 

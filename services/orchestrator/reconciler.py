@@ -32,7 +32,6 @@ LOST_AFTER = timedelta(seconds=60)
 @dataclass(frozen=True)
 class _Snapshot:
     id: str
-    status: str
     submitted: bool
     spec: dict
     dataset: dict
@@ -80,7 +79,6 @@ class Reconciler:
                 snapshots.append(
                     _Snapshot(
                         job.id,
-                        job.status,
                         job.submitted_at is not None,
                         job.spec,
                         {"id": ds.id, "uri": ds.uri, "sha256": ds.sha256},
