@@ -647,6 +647,18 @@ def _confusion_counts(
     return cells.reshape(n_groups, 2, 2)
 
 
+def confusion_counts(y_true: Any, y_pred: Any, groups: GroupIndex) -> np.ndarray:
+    """Rows per (group, label, prediction): shape (groups, 2, 2), indexed [g, y_true, y_pred].
+
+    The counts every classification metric is computed from; reports draw confusion matrices
+    from them.
+    """
+    t_raw, p_raw = _pair(y_true, y_pred)
+    _check_options(t_raw.shape[0], groups, 0, "include", 0, 0.5)
+    t, p = _as_binary("y_true", t_raw), _as_binary("y_pred", p_raw)
+    return _confusion_counts(groups.codes, t, p, groups.n_groups)
+
+
 def _multinomial_counts(counts: np.ndarray, n_resamples: int, seed: int | None) -> np.ndarray:
     # Resampling N rows with replacement draws each row's (group, label, prediction) cell with
     # probability cell_count / N, independently N times, so the resampled cell counts are

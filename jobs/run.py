@@ -183,7 +183,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     # fairlearn (with sklearn and pandas) alone costs over a second of start-up.
     import ray
 
-    from jobs.audit import run_audit
+    from jobs.audit import AuditInputError, run_audit
     from jobs.search import rebuild, run_search
 
     spec = manifest.spec
@@ -204,14 +204,17 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     )
     pred = predict_logits(model, prepared.x_test).argmax(1).numpy()
     evaluation = evaluate(prepared.y_test, pred, prepared.classes, prepared.positive)
-    classes = np.asarray(prepared.classes, dtype=object)
-    audit = run_audit(
-        classes[prepared.y_test],
-        classes[pred],
-        prepared.test_sensitive,
-        prepared.classes[prepared.positive],
-        {str(k): v for k, v in spec.audit.thresholds.items()},
-    )
+    try:
+        audit = run_audit(
+            (prepared.y_test == prepared.positive).astype(np.int8),
+            (pred == prepared.positive).astype(np.int8),
+            prepared.test_sensitive,
+            spec.audit,
+            positive_label=prepared.classes[prepared.positive],
+        )
+    except AuditInputError as exc:
+        # e.g. a sensitive column with one value in the test split: the job fails saying so.
+        raise DataError(f"the fairness audit cannot run on the test split: {exc}") from exc
     bundle_dir = manifest.job_dir / "model"
     digest = save_bundle(
         bundle_dir,

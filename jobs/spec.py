@@ -230,32 +230,141 @@ class ResourcesSpec(_Strict):
     )
 
 
-ThresholdName = Literal[
-    "demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference"
+DisparityName = Literal[
+    "demographic_parity_ratio",
+    "demographic_parity_difference",
+    "equalized_odds_ratio",
+    "equalized_odds_difference",
+    "equal_opportunity_ratio",
+    "equal_opportunity_difference",
+    "accuracy_difference",
 ]
+# The name the spec has always used for the keys of audit.thresholds.
+ThresholdName = DisparityName
+
+# The four-fifths rule: a configurable convention from US employment guidance, used here as a
+# default screen, not as a legal test of discrimination.
+FOUR_FIFTHS = 0.8
 
 
 def _default_thresholds() -> dict[ThresholdName, float]:
-    return {"demographic_parity_ratio": 0.8}
+    return {"demographic_parity_ratio": FOUR_FIFTHS}
 
 
-class AuditSpec(_Strict):
+class BootstrapSpec(_Strict):
+    resamples: int = Field(
+        200,
+        ge=0,
+        le=10_000,
+        description="Bootstrap resamples behind every interval; 0 computes point estimates only.",
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="Coverage of the percentile intervals, e.g. 0.95."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the resampling; same seed, same intervals.")
+
+
+class GateRule(_Strict):
+    metric: DisparityName = Field(
+        description="Disparity to bound. Ratios (smallest over largest) must be at least the "
+        "threshold, differences (largest minus smallest) at most."
+    )
+    threshold: float = Field(ge=0, le=1, description="The limit the disparity must meet.")
+    method: Literal["between_groups", "to_overall"] = Field(
+        "between_groups",
+        description="between_groups: the extreme groups compared with each other; to_overall: "
+        "each group compared with the metric on all rows.",
+    )
+    # Not "on": YAML 1.1 reads a bare `on` key as the boolean true.
+    compare: Literal["point", "interval"] = Field(
+        "interval",
+        description="point: the estimate must pass; interval: the pessimistic end of the "
+        "bootstrap interval must pass (the lower bound of a ratio, the upper bound of a "
+        "difference), so a disparity that may plausibly be worse than allowed fails.",
+    )
+
+
+class AuditOptions(_Strict):
+    """What an audit compares and how it judges; shared by jobs and POST /v1/audits."""
+
     sensitive_features: list[str] = Field(
         default_factory=list, description="Columns whose groups are compared in the audit."
+    )
+    intersections: list[list[str]] | None = Field(
+        None,
+        description="Groups of sensitive features audited together (e.g. [['sex', 'race']] "
+        "makes groups like 'Female \u00d7 Black'). Default: all sensitive features together "
+        "when there are two or more; [] for none.",
     )
     positive_label: str | None = Field(
         None,
         description="Class counted as the favourable outcome; default: the last class in "
-        "sorted order (e.g. '>50K').",
-    )
-    use_as_features: bool = Field(
-        False, description="Also feed the sensitive columns to the model (off by default)."
+        "sorted order (e.g. '>50K'), or 1 for 0/1 labels.",
     )
     thresholds: dict[ThresholdName, Annotated[float, Field(ge=0)]] = Field(
         default_factory=_default_thresholds,
-        description="Limits each sensitive feature must meet: the ratio at least its value, "
-        "the differences at most theirs. Default: the four-fifths rule on demographic parity "
-        "(a configurable convention, not a legal test).",
+        description="Limits on point estimates between groups, checked for every sensitive "
+        "feature and intersection: a ratio at least its value, a difference at most. Default: "
+        "the four-fifths rule on demographic parity ratio (>= 0.8), a configurable convention, "
+        "not a legal test. {} checks nothing here.",
+    )
+    bootstrap: BootstrapSpec = Field(
+        default_factory=lambda: BootstrapSpec(),
+        description="Bootstrap confidence intervals on every group metric and disparity.",
+    )
+    gate: list[GateRule] = Field(
+        default_factory=list,
+        description="Further checks, on a point estimate or an interval bound, e.g. "
+        "{metric: demographic_parity_ratio, threshold: 0.8, compare: interval} requires the lower "
+        "bound of the ratio to be at least 0.8. Checked with the thresholds; all must pass.",
+    )
+    min_group_count: int = Field(
+        30,
+        ge=0,
+        description="Groups with fewer rows are flagged 'small': their rates are too noisy to "
+        "judge.",
+    )
+    small_groups: Literal["skip", "fail"] = Field(
+        "skip",
+        description="What checks do with small groups: skip leaves them out of the disparities "
+        "the checks judge (and says so); fail makes every check of a feature with a small "
+        "group fail.",
+    )
+    intended_use: str | None = Field(
+        None,
+        max_length=2000,
+        description="What the model is for and for whom; shown in the report's model card.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> AuditOptions:
+        known = set(self.sensitive_features)
+        for combo in self.intersections or []:
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ValueError(
+                    f"intersections: {combo} must name at least two different features"
+                )
+            unknown = [name for name in combo if name not in known]
+            if unknown:
+                raise ValueError(f"intersections: {unknown} are not in sensitive_features")
+        if self.bootstrap.resamples == 0 and any(r.compare == "interval" for r in self.gate):
+            raise ValueError("gate: a rule on the interval needs bootstrap.resamples > 0")
+        return self
+
+    def sections(self) -> list[list[str]]:
+        """The feature sets audited: each sensitive feature, then each intersection."""
+        if self.intersections is not None:
+            combos = self.intersections
+        elif len(self.sensitive_features) >= 2:
+            combos = [list(self.sensitive_features)]
+        else:
+            combos = []
+        return [[name] for name in self.sensitive_features] + [list(c) for c in combos]
+
+
+class AuditSpec(AuditOptions):
+    use_as_features: bool = Field(
+        False, description="Also feed the sensitive columns to the model (off by default)."
     )
 
 
