@@ -205,18 +205,46 @@ def _zero_one(input: str, arr: np.ndarray) -> np.ndarray:
 # sections
 
 
-def _encode(features: list[str], sensitive: Mapping[str, Any]) -> GroupIndex:
-    for name in features:
+def _blank_as_missing(values: Any) -> np.ndarray:
+    """Empty or blank text counts as missing: CSV files write a missing value as ''."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US":
+        blank = np.char.str_len(np.char.strip(arr)) == 0
+        if blank.any():
+            arr = arr.astype(object)
+            arr[blank] = None
+    elif arr.dtype.kind == "O":
+        blank = np.fromiter(
+            (isinstance(v, str) and not v.strip() for v in arr.tolist()), bool, arr.shape[0]
+        )
+        if blank.any():
+            arr = arr.copy()
+            arr[blank] = None
+    return arr
+
+
+def _group_indexes(
+    options: AuditOptions, sensitive: Mapping[str, Any]
+) -> list[tuple[list[str], GroupIndex]]:
+    """The groups of every section, each feature checked on its own first."""
+    clean = {name: _blank_as_missing(sensitive[name]) for name in options.sensitive_features}
+    single: dict[str, GroupIndex] = {}
+    for name, values in clean.items():
         try:
-            encode_groups({name: sensitive[name]}, intersect=False)
+            single[name] = encode_groups({name: values}, intersect=False)
         except FairnessInputError as exc:
             raise AuditInputError(f"sensitive:{name}", str(exc)) from exc
-    if len(features) == 1:
-        return encode_groups({features[0]: sensitive[features[0]]}, intersect=False)
-    try:
-        return encode_groups({n: sensitive[n] for n in features}, intersect=True)
-    except FairnessInputError as exc:
-        raise AuditInputError("intersections", str(exc)) from exc
+    out = []
+    for features in options.sections():
+        if len(features) == 1:
+            out.append((features, single[features[0]]))
+            continue
+        try:
+            groups = encode_groups({n: clean[n] for n in features}, intersect=True)
+        except FairnessInputError as exc:
+            raise AuditInputError("intersections", str(exc)) from exc
+        out.append((features, groups))
+    return out
 
 
 def _section(
@@ -468,8 +496,7 @@ def run_audit(
     sections: dict[str, Any] = {}
     method: dict[str, Any] = {}
     bootstrap: dict[str, Any] | None = None
-    for features in options.sections():
-        groups = _encode(features, sensitive)
+    for features, groups in _group_indexes(options, sensitive):
         section, method, bootstrap = _section(features, groups, t, p, score_arr, options)
         sections[section["name"]] = section
 
@@ -501,7 +528,8 @@ def run_audit(
             **method,
             "outcome": "binary: 1 where the class is the favourable outcome "
             f"({positive_label!r}), 0 for every other class",
-            "unknown_group": f"rows missing a sensitive value form the group '{UNKNOWN_GROUP}'",
+            "unknown_group": "rows missing a sensitive value (null, NaN or blank text) form "
+            f"the group '{UNKNOWN_GROUP}'",
             "checks": GATE_METHOD,
         },
     }

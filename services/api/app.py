@@ -13,7 +13,7 @@ from services import __version__
 from services.api import errors
 from services.api.deps import Services
 from services.api.metrics import Metrics
-from services.api.routers import datasets, health, internal, jobs, models, spec
+from services.api.routers import audits, datasets, health, internal, jobs, models, spec
 from services.config import Settings
 from services.core.auth import ensure_bootstrap_token
 from services.core.datasets import seed_builtins
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         health.router,
         datasets.router,
         jobs.router,
+        audits.router,
         models.router,
         spec.router,
         internal.router,

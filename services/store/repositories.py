@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.store.models import (
+    Audit,
     Dataset,
     Endpoint,
     Job,
@@ -208,3 +209,23 @@ class EndpointRepository:
     def promotions(self, name: str) -> Sequence[Promotion]:
         q = select(Promotion).where(Promotion.endpoint == name).order_by(Promotion.id.desc())
         return self.s.scalars(q).all()
+
+
+class AuditRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, audit_id: str) -> Audit | None:
+        return self.s.get(Audit, audit_id)
+
+    def list(self, limit: int, offset: int) -> Sequence[Audit]:
+        q = select(Audit).order_by(Audit.created_at.desc(), Audit.id.desc())
+        return self.s.scalars(q.limit(limit).offset(offset)).all()
+
+    def count(self) -> int:
+        return self.s.scalar(select(func.count()).select_from(Audit)) or 0
+
+    def add(self, audit: Audit) -> Audit:
+        self.s.add(audit)
+        self.s.flush()
+        return audit

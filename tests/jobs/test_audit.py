@@ -353,3 +353,12 @@ def test_scores_are_averaged_per_group() -> None:
     with pytest.raises(AuditInputError) as exc:
         run_audit(T, P, {"sex": SEX}, opts, positive_label=1, scores=scores * np.nan)
     assert exc.value.input == "scores"
+
+
+def test_blank_text_is_missing_like_null() -> None:
+    # CSV files write a missing value as an empty field; it must not become a group "".
+    sex = np.array(["a", "a", "a", "a", "b", "b", "b", "b", "", "  "], dtype=object)
+    as_text = sex.astype(str)
+    for values in (sex, as_text):
+        g = groups_of(audit(sensitive={"sex": values}))
+        assert list(g) == ["a", "b", "unknown"] and g["unknown"]["count"] == 2
