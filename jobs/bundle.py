@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 from safetensors.torch import load_file, save_file
 
-from jobs.data import Preprocessor
 from jobs.models import build_model
-from jobs.spec import MLPSpec
+from jobs.preprocess import Preprocessor
+from jobs.spec import ModelSpec, Task
 
 FORMAT_VERSION = 1
+_MODEL_SPEC: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 WEIGHTS = "model.safetensors"
 MANIFEST = "bundle.json"
 
@@ -36,12 +39,35 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class OutputHead:
+    """How the network's outputs become answers: class labels, a value in the target's units,
+    or an anomaly flag from the reconstruction error."""
+
+    task: Task
+    classes: list[Any]
+    center: float = 0.0
+    scale: float = 1.0
+    threshold: float | None = None
+
+    @classmethod
+    def of(cls, target: Any, threshold: float | None = None) -> OutputHead:
+        return cls(target.task, list(target.classes), target.center, target.scale, threshold)
+
+    def n_outputs(self, preprocessor: Preprocessor) -> int:
+        if self.task == "regression":
+            return 1
+        if self.task == "anomaly_detection":
+            return math.prod(preprocessor.example_shape)
+        return len(self.classes)
+
+
 def save_bundle(
     folder: Path,
     state: dict[str, torch.Tensor],
-    model_spec: MLPSpec,
+    model_spec: Any,
     preprocessor: Preprocessor,
-    classes: list[Any],
+    head: OutputHead,
     sample_rows: list[dict[str, Any]],
     metadata: dict[str, Any],
 ) -> str:
@@ -52,8 +78,11 @@ def save_bundle(
     manifest = {
         "format_version": FORMAT_VERSION,
         "model": model_spec.model_dump(mode="json"),
-        "in_features": preprocessor.num_features,
-        "classes": classes,
+        "example_shape": list(preprocessor.example_shape),
+        "task": head.task,
+        "classes": head.classes,
+        "target": {"center": head.center, "scale": head.scale},
+        "threshold": head.threshold,
         "preprocessing": preprocessor.to_json(),
         "input_signature": preprocessor.input_signature(),
         "sample_rows": sample_rows,
@@ -67,26 +96,48 @@ def save_bundle(
 
 @dataclass
 class Predictor:
-    """A loaded bundle: raw JSON instances in, labels and class probabilities out."""
+    """A loaded bundle: raw JSON instances in; labels and class probabilities, values, or
+    anomaly flags and scores out."""
 
     model: torch.nn.Module
     preprocessor: Preprocessor
-    classes: list[Any]
+    head: OutputHead
     manifest: dict[str, Any]
 
+    @property
+    def classes(self) -> list[Any]:
+        return self.head.classes
+
     def predict_columns(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted class codes or values, class probabilities or anomaly scores)."""
         x = torch.from_numpy(self.preprocessor.transform(columns))
         with torch.inference_mode():
-            probs = torch.softmax(self.model(x), dim=1).numpy()
+            out = self.model(x)
+        if self.head.task == "regression":
+            values = out.reshape(-1).numpy().astype(np.float64) * self.head.scale
+            return values + self.head.center, values
+        if self.head.task == "anomaly_detection":
+            scores = ((out - x.flatten(1)) ** 2).mean(dim=1).numpy().astype(np.float64)
+            assert self.head.threshold is not None
+            return (scores > self.head.threshold).astype(np.int64), scores
+        probs = torch.softmax(out, dim=1).numpy()
         return probs.argmax(1), probs
 
     def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         columns = self.preprocessor.columns_from_records(instances)
-        codes, probs = self.predict_columns(columns)
+        codes, extra = self.predict_columns(columns)
+        if self.head.task == "regression":
+            return {"predictions": [float(v) for v in codes]}
+        if self.head.task == "anomaly_detection":
+            return {
+                "predictions": [self.classes[i] for i in codes],
+                "anomaly_scores": [float(v) for v in extra],
+                "threshold": self.head.threshold,
+            }
         return {
             "predictions": [self.classes[i] for i in codes],
             "probabilities": [
-                {str(c): float(p) for c, p in zip(self.classes, row, strict=True)} for row in probs
+                {str(c): float(p) for c, p in zip(self.classes, row, strict=True)} for row in extra
             ],
         }
 
@@ -105,13 +156,18 @@ def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predi
     weights = folder / WEIGHTS
     if sha256_file(weights) != manifest["weights_sha256"]:
         raise BundleError(f"{weights} does not match the digest in {MANIFEST}")
+    pre = Preprocessor.from_json(manifest["preprocessing"])
+    target = manifest.get("target") or {}
+    head = OutputHead(
+        manifest.get("task", "classification"),
+        manifest["classes"],
+        target.get("center", 0.0),
+        target.get("scale", 1.0),
+        manifest.get("threshold"),
+    )
     model = build_model(
-        MLPSpec.model_validate(manifest["model"]),
-        manifest["in_features"],
-        len(manifest["classes"]),
+        _MODEL_SPEC.validate_python(manifest["model"]), pre.example_shape, head.n_outputs(pre)
     )
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    return Predictor(
-        model, Preprocessor.from_json(manifest["preprocessing"]), manifest["classes"], manifest
-    )
+    return Predictor(model, pre, head, manifest)

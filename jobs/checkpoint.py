@@ -29,7 +29,12 @@ class TrainState:
     early_stop_best: float
     stale_epochs: int
     batch_rng: torch.Tensor  # state of the generator that orders batches
-    torch_rng: torch.Tensor  # global RNG (dropout)
+    torch_rng: torch.Tensor  # global RNG (dropout, augmentation)
+    # Reduce-on-plateau's memory: the factor on the spec's learning rate it has reached, the
+    # best validation loss it has seen and the epochs since.
+    lr_factor: float = 1.0
+    plateau_best: float = float("inf")
+    plateau_stale: int = 0
 
 
 def _split_optimizer(sd: dict[str, Any]) -> tuple[StateDict, dict[str, Any]]:
@@ -72,6 +77,9 @@ def save_checkpoint(folder: Path, state: TrainState) -> None:
         "best_score": state.best_score,
         "early_stop_best": state.early_stop_best,
         "stale_epochs": state.stale_epochs,
+        "lr_factor": state.lr_factor,
+        "plateau_best": state.plateau_best,
+        "plateau_stale": state.plateau_stale,
         "optimizer": optim_meta,
     }
     (folder / META).write_text(json.dumps(meta))
@@ -94,4 +102,7 @@ def load_checkpoint(folder: Path) -> TrainState:
         stale_epochs=meta["stale_epochs"],
         batch_rng=tensors["rng/batch"],
         torch_rng=tensors["rng/torch"],
+        lr_factor=meta.get("lr_factor", 1.0),
+        plateau_best=meta.get("plateau_best", float("inf")),
+        plateau_stale=meta.get("plateau_stale", 0),
     )

@@ -36,7 +36,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     data: TrainData = cfg["data"]
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     # Same seed on every rank: identical initial weights, and DDP keeps them identical.
-    model = init_model(spec.model, spec.training, data.x_train.shape[1], data.n_classes)
+    model = init_model(spec.model, spec.training, data.example_shape, data.task.n_outputs)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     resume: TrainState | None = None
@@ -74,7 +74,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         model,
         data,
         per_worker,
-        spec.search.metric,
+        spec.search.resolved_metric,
         spec.search.resolved_mode,
         on_epoch,
         resume=resume,

@@ -45,13 +45,22 @@ def validation_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -
 
 
 def evaluate(
-    y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any], positive: int | None = None
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: list[Any],
+    positive: int | None = None,
+    majority: int | None = None,
 ) -> dict[str, Any]:
-    """The evaluation document stored for a job's best model on its test split."""
+    """The evaluation document stored for a job's best classifier on its test split.
+
+    ``majority``: the most frequent class in training; its accuracy on the test split is the
+    trivial baseline the model must beat.
+    """
     n = len(classes)
     cm = confusion_matrix(y_true, y_pred, n)
     s = scores(cm)
     doc: dict[str, Any] = {
+        "task": "classification",
         "num_rows": int(cm.sum()),
         "classes": list(classes),
         "accuracy": s["accuracy"],
@@ -75,4 +84,46 @@ def evaluate(
         doc["precision"] = float(s["precision"][positive])
         doc["recall"] = float(s["recall"][positive])
         doc["f1"] = float(s["f1"][positive])
+    if majority is not None and len(y_true):
+        doc["baseline"] = {
+            "strategy": f"always predict the training majority class {classes[majority]!r}",
+            "accuracy": float(np.mean(np.asarray(y_true) == majority)),
+        }
+    return doc
+
+
+def evaluate_regression(
+    y_true: np.ndarray, y_pred: np.ndarray, train_mean: float
+) -> dict[str, Any]:
+    """Regression figures in the target's units, beside the mean predictor's (the baseline)."""
+    err = y_pred - y_true
+    base = train_mean - y_true
+    total = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "task": "regression",
+        "num_rows": len(y_true),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": 1.0 - float((err**2).sum()) / total if total > 0 else 0.0,
+        "mean_prediction": float(y_pred.mean()),
+        "baseline": {
+            "strategy": f"always predict the training mean {train_mean:.6g}",
+            "mae": float(np.abs(base).mean()),
+            "rmse": float(np.sqrt((base**2).mean())),
+        },
+    }
+
+
+def evaluate_anomalies(
+    y_true: np.ndarray, scores_: np.ndarray, threshold: float, classes: list[Any], auc: float
+) -> dict[str, Any]:
+    """Anomaly detection: the flagged rows as a binary classification, plus the ranking
+    quality of the scores (ROC-AUC; a random score has 0.5)."""
+    doc = evaluate(y_true, (scores_ > threshold).astype(np.int64), classes, positive=1)
+    doc.update(
+        task="anomaly_detection",
+        threshold=threshold,
+        roc_auc=auc,
+        baseline={"strategy": "a random anomaly score", "roc_auc": 0.5},
+    )
     return doc

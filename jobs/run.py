@@ -20,26 +20,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
-from jobs.bundle import save_bundle
-from jobs.data import (
-    Columns,
-    DataError,
-    Preprocessor,
-    encode_labels,
-    is_missing,
-    read_columns,
-    split_indices,
-    take,
-)
+from jobs.bundle import OutputHead, save_bundle
+from jobs.data import Columns, DataError, is_missing, read_columns, split_indices, take
 from jobs.datasets import resolve_uri
-from jobs.evaluate import evaluate
+from jobs.evaluate import evaluate, evaluate_anomalies, evaluate_regression
 from jobs.events import EventSink
-from jobs.spec import JobSpec, effective_spec, feature_columns
+from jobs.preprocess import Preprocessor, layout_for
+from jobs.spec import AutoencoderSpec, JobSpec, check_task, effective_spec, feature_columns
+from jobs.tasks import Objective, Target, anomaly_scores, encode_target, infer_task, roc_auc
 from jobs.train import TrainData, predict_logits
 
 log = logging.getLogger("jobs.run")
-MAX_CLASSES = 100
 
 
 @dataclass
@@ -67,15 +60,27 @@ class Manifest:
 class Prepared:
     """The job's data, split and encoded; the raw test rows are kept for the audit."""
 
+    spec: JobSpec  # with the task (and its default metric) settled
     train: TrainData
     x_test: np.ndarray
     y_test: np.ndarray
-    classes: list[Any]
-    positive: int
+    target: Target
     preprocessor: Preprocessor
     test_features: Columns
     test_sensitive: Columns
     split_sizes: dict[str, int]
+
+    @property
+    def classes(self) -> list[Any]:
+        return self.target.classes
+
+    @property
+    def positive(self) -> int:
+        return self.target.positive
+
+
+def _column(path: str, name: str) -> np.ndarray:
+    return np.asarray(pq.read_table(path, columns=[name]).column(name).to_pylist(), object)
 
 
 def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
@@ -83,74 +88,80 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     names = pq.read_schema(path).names
     features = feature_columns(spec, names)
     sensitive = spec.audit.sensitive_features
-    target = spec.dataset.target
+    target_name = spec.dataset.target
     if not features:
         raise DataError("no input columns left once the target and sensitive features are out")
 
     columns, kinds = read_columns(dataset_uri, features)
-    sens_cols = {
-        name: np.asarray(pq.read_table(path, columns=[name]).column(name).to_pylist(), object)
-        for name in sensitive
-    }
-    target_values = np.asarray(
-        pq.read_table(path, columns=[target]).column(target).to_pylist(), dtype=object
-    )
+    sens_cols = {name: _column(path, name) for name in sensitive}
+    target_values = _column(path, target_name)
     keep = ~is_missing(target_values)
     if not keep.any():
-        raise DataError(f"target '{target}' has no values")
-    labels = encode_labels(target_values[keep])
-    if len(labels.classes) < 2:
-        raise DataError(
-            f"target '{target}' has a single class {labels.classes!r}: nothing to learn"
-        )
-    if len(labels.classes) > MAX_CLASSES:
-        raise DataError(
-            f"target '{target}' has {len(labels.classes)} distinct values; classification "
-            f"supports up to {MAX_CLASSES} classes"
-        )
-    positive_label = spec.audit.positive_label
-    if positive_label is None:
-        positive = len(labels.classes) - 1
-    else:
-        as_text = [str(c) for c in labels.classes]
-        if positive_label not in as_text:
-            raise DataError(
-                f"audit.positive_label '{positive_label}' is not a class of '{target}': {as_text}"
-            )
-        positive = as_text.index(positive_label)
+        raise DataError(f"target '{target_name}' has no values")
+    if spec.task == "auto":
+        spec = spec.with_task(infer_task(target_values[keep]))
+    problems = check_task(spec)
+    if problems:
+        raise DataError("; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in problems))
+    task = spec.resolved_task
+    pp = spec.preprocessing
+    for name in features:
+        own = pp.columns.get(name)
+        if ((own.impute if own else None) or pp.impute) == "drop":
+            keep &= ~is_missing(columns[name])
+    rows = np.flatnonzero(keep)
+    if rows.size == 0:
+        raise DataError("no row is left once rows with missing values are dropped")
+    target = encode_target(target_values[rows], task, spec.audit.positive_label, target_name)
+    columns = take(columns, rows)
+    sens_cols = take(sens_cols, rows)
 
-    columns = take(columns, np.flatnonzero(keep))
-    sens_cols = take(sens_cols, np.flatnonzero(keep))
     sp = spec.dataset.split
+    method = sp.resolved_method(task)
+    by = _column(path, sp.column)[rows] if sp.column else None
+    if method == "time" and by is not None:
+        by = _sortable(by, sp.column or "")
     split = split_indices(
-        len(labels.codes),
+        len(rows),
         sp.validation,
         sp.test,
         sp.seed,
-        stratify_by=labels.codes if sp.stratify else None,
+        stratify_by=target.codes if method == "stratified" else None,
+        groups=by if method == "group" else None,
+        order_by=by if method == "time" else None,
     )
     if min(len(split.train), len(split.validation), len(split.test)) == 0:
         raise DataError(
-            f"{len(labels.codes)} rows are too few for the split "
+            f"{len(rows)} rows are too few for the split "
             f"(train {len(split.train)}, validation {len(split.validation)}, "
             f"test {len(split.test)})"
         )
     pre = Preprocessor.fit(
-        take(columns, split.train), kinds, spec.preprocessing.impute, spec.preprocessing.scale
+        take(columns, split.train), kinds, pp, layout_for(spec.model.architecture, kinds)
     )
+    x_train = pre.transform(take(columns, split.train))
+    y_train = target.codes[split.train]
+    objective = Objective.for_task(
+        task, spec.training, target, y_train, math.prod(pre.example_shape)
+    )
+    if task == "anomaly_detection":
+        # The autoencoder learns what normal rows look like: it never trains on anomalies.
+        x_train, y_train = x_train[y_train == 0], y_train[y_train == 0]
     test_features = take(columns, split.test)
     return Prepared(
+        spec=spec,
         train=TrainData(
-            x_train=pre.transform(take(columns, split.train)),
-            y_train=labels.codes[split.train],
+            x_train=x_train,
+            y_train=y_train,
             x_val=pre.transform(take(columns, split.validation)),
-            y_val=labels.codes[split.validation],
-            n_classes=len(labels.classes),
+            y_val=target.codes[split.validation],
+            n_classes=max(len(target.classes), 1),
+            objective=objective,
+            augmentation=pp.augmentation,
         ),
         x_test=pre.transform(test_features),
-        y_test=labels.codes[split.test],
-        classes=labels.classes,
-        positive=positive,
+        y_test=target.codes[split.test],
+        target=target,
         preprocessor=pre,
         test_features=test_features,
         test_sensitive=take(sens_cols, split.test),
@@ -162,19 +173,28 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     )
 
 
+def _sortable(values: np.ndarray, name: str) -> np.ndarray:
+    """Time values as something argsort orders correctly: numbers, or ISO dates as text."""
+    present = [v for v in values.tolist() if v is not None]
+    if len(present) != len(values):
+        raise DataError(f"split column '{name}' has missing values; a time split needs them all")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return np.asarray(present, dtype=np.float64)
+    return np.asarray([str(v) for v in present], dtype=object)
+
+
 def records(columns: Columns, rows: int) -> list[dict[str, Any]]:
     """The first ``rows`` rows as JSON-ready dicts (missing values as null)."""
-    out = []
-    for i in range(min(rows, len(next(iter(columns.values()))))):
-        rec: dict[str, Any] = {}
-        for name, values in columns.items():
-            v = values[i]
-            if isinstance(v, float | np.floating):
-                rec[name] = None if math.isnan(v) else float(v)
-            else:
-                rec[name] = v
-        out.append(rec)
-    return out
+    n = min(rows, len(next(iter(columns.values()))))
+    return [{name: _json_value(values[i]) for name, values in columns.items()} for i in range(n)]
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return None if math.isnan(v) else float(v)
+    return v
 
 
 def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
@@ -186,12 +206,13 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     from jobs.audit import AuditInputError, run_audit
     from jobs.search import rebuild, run_search
 
-    spec = manifest.spec
-    prepared = prepare(spec, manifest.dataset_uri)
+    prepared = prepare(manifest.spec, manifest.dataset_uri)
+    spec = prepared.spec
     sink.emit(
         "job.running",
         "job.running.prepared",
         stage="search",
+        task=spec.resolved_task,
         split_sizes=prepared.split_sizes,
         classes=prepared.classes,
     )
@@ -200,18 +221,27 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     best = run_search(spec, prepared.train, manifest.job_dir / "tune", manifest.job_id, sink)
 
     model = rebuild(
-        spec, best.config, prepared.preprocessor.num_features, len(prepared.classes), best.state
+        spec,
+        best.config,
+        prepared.preprocessor.example_shape,
+        prepared.train.task.n_outputs,
+        best.state,
     )
-    pred = predict_logits(model, prepared.x_test).argmax(1).numpy()
-    evaluation = evaluate(prepared.y_test, pred, prepared.classes, prepared.positive)
+    evaluation, pred, decision = evaluate_best(prepared, model, effective_spec(spec, best.config))
     try:
-        audit = run_audit(
-            (prepared.y_test == prepared.positive).astype(np.int8),
-            (pred == prepared.positive).astype(np.int8),
-            prepared.test_sensitive,
-            spec.audit,
-            positive_label=prepared.classes[prepared.positive],
-        )
+        audit: dict[str, Any] | None = None
+        if spec.resolved_task != "regression":
+            # Outcomes as favourable or not: the positive class (one-vs-rest when there are
+            # more), or "flagged as an anomaly".
+            audit = run_audit(
+                (prepared.y_test == prepared.positive).astype(np.int8),
+                (pred == prepared.positive).astype(np.int8),
+                prepared.test_sensitive,
+                spec.audit,
+                positive_label=prepared.classes[prepared.positive],
+            )
+        elif spec.audit.sensitive_features:
+            audit = regression_audit(prepared.target.decode(prepared.y_test), pred, prepared)
     except AuditInputError as exc:
         # e.g. a sensitive column with one value in the test split: the job fails saying so.
         raise DataError(f"the fairness audit cannot run on the test split: {exc}") from exc
@@ -221,7 +251,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         best.state,
         effective_spec(spec, best.config).model,
         prepared.preprocessor,
-        prepared.classes,
+        OutputHead.of(prepared.target, decision.get("threshold")),
         records(prepared.test_features, 5),
         metadata={
             "job_id": manifest.job_id,
@@ -235,6 +265,74 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         "audit": audit,
         "bundle": {"uri": str(bundle_dir), "digest": digest},
     }
+
+
+def evaluate_best(
+    prepared: Prepared, model: torch.nn.Module, spec: JobSpec
+) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
+    """The test-split evaluation of the best model, its predictions (class codes; anomaly
+    flags; values in the target's units for regression) and what serving needs to decide
+    like it (the anomaly threshold)."""
+    target, data = prepared.target, prepared.train
+    outputs = predict_logits(model, prepared.x_test)
+    task = spec.resolved_task
+    if task == "regression":
+        values = target.decode(outputs.reshape(-1).numpy())
+        return (
+            evaluate_regression(target.decode(prepared.y_test), values, target.center),
+            values,
+            {},
+        )
+    if task == "anomaly_detection":
+        assert isinstance(spec.model, AutoencoderSpec)
+        val_scores = anomaly_scores(
+            predict_logits(model, data.x_val),
+            torch.from_numpy(np.require(data.x_val, requirements="W")),
+        )
+        normal = val_scores[data.y_val == 0]
+        if normal.size == 0:
+            raise DataError("the validation split has no normal rows to set the threshold on")
+        threshold = float(np.quantile(normal, spec.model.threshold_quantile))
+        scores = anomaly_scores(
+            outputs, torch.from_numpy(np.require(prepared.x_test, requirements="W"))
+        )
+        doc = evaluate_anomalies(
+            prepared.y_test, scores, threshold, target.classes, roc_auc(scores, prepared.y_test)
+        )
+        return doc, (scores > threshold).astype(np.int64), {"threshold": threshold}
+    pred = outputs.argmax(1).numpy()
+    majority = int(np.bincount(data.y_train, minlength=len(target.classes)).argmax())
+    doc = evaluate(prepared.y_test, pred, target.classes, target.positive, majority)
+    return doc, pred, {}
+
+
+def regression_audit(y_true: np.ndarray, y_pred: np.ndarray, prepared: Prepared) -> dict[str, Any]:
+    """Per-group error of a regression model: count, MAE, RMSE and mean prediction for each
+    group of each sensitive feature (missing values as an explicit 'unknown' group), and the
+    largest gap in MAE between groups. Informational: the disparity gates are defined on
+    classification outcomes."""
+    sections = []
+    for name, values in prepared.test_sensitive.items():
+        keys = np.array(["unknown" if v is None else str(v) for v in values], dtype=object)
+        groups = []
+        for g in sorted(set(keys.tolist())):
+            m = keys == g
+            err = y_pred[m] - y_true[m]
+            groups.append(
+                {
+                    "group": g,
+                    "count": int(m.sum()),
+                    "mae": float(np.abs(err).mean()),
+                    "rmse": float(np.sqrt((err**2).mean())),
+                    "mean_prediction": float(y_pred[m].mean()),
+                    "mean_target": float(y_true[m].mean()),
+                }
+            )
+        maes = [g["mae"] for g in groups]
+        sections.append(
+            {"features": [name], "groups": groups, "mae_difference": max(maes) - min(maes)}
+        )
+    return {"task": "regression", "passed": None, "sections": sections, "checks": []}
 
 
 def main(argv: list[str]) -> int:

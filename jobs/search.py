@@ -14,11 +14,13 @@ early by a scheduler still has its best weights on record.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -32,6 +34,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from safetensors import SafetensorError
 
 from jobs.checkpoint import StateDict, load_checkpoint, save_checkpoint
 from jobs.distributed import CHECKPOINT_PATH_KEY
@@ -41,7 +44,19 @@ from jobs.spec import Domain, JobSpec, SearchSpec, effective_spec
 from jobs.train import TrainData, TrainState, fit, init_model
 
 # The figures a trial reports each epoch (Tune adds its own bookkeeping keys to results).
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "epoch_seconds")
+# Per-epoch figures forwarded to the control plane (each task reports its own subset).
+EPOCH_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_macro",
+    "val_mae",
+    "val_rmse",
+    "val_r2",
+    "val_auc",
+    "lr",
+    "epoch_seconds",
+)
 # Tune's "training_iteration" counts reports, which restarts need not keep equal to epochs;
 # schedulers measure progress in the epoch the trial itself reports.
 TIME_ATTR = "epoch"
@@ -109,6 +124,28 @@ class SpaceCodec:
         return out
 
 
+def _resume_state(checkpoint: tune.Checkpoint | None) -> TrainState | None:
+    """The state a restored trial goes on from.
+
+    Tune deletes a surplus checkpoint as soon as a newer one lands but snapshots the
+    experiment lazily, so a driver restored from the snapshot can name a checkpoint that is
+    gone. The trial's newest complete checkpoint on disk is then the right one: it is further
+    along and resumes just as exactly.
+    """
+    if checkpoint is None:
+        return None
+    folder = Path(checkpoint.path)
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and not folder.exists():
+        for newer in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
+            try:
+                return load_checkpoint(newer)
+            except (OSError, ValueError, KeyError, SafetensorError):
+                continue  # a copy the dying driver left half-written
+        raise FileNotFoundError(f"no checkpoint of this trial is left under {folder.parent}")
+    with checkpoint.as_directory() as local:
+        return load_checkpoint(Path(local))
+
+
 def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: TrainData) -> None:
     """Tune function trainable: train one sampled configuration, report every epoch."""
     job_spec = JobSpec.model_validate(spec_json)
@@ -124,13 +161,9 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
         return
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     device = torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
-    model = init_model(spec.model, spec.training, data.x_train.shape[1], data.n_classes)
+    model = init_model(spec.model, spec.training, data.example_shape, data.task.n_outputs)
     model.to(device)
-    checkpoint = tune.get_checkpoint()
-    resume: TrainState | None = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder))
+    resume = _resume_state(tune.get_checkpoint())
     start_epoch = resume.epoch if resume is not None else 0
 
     def on_epoch(epoch: int, metrics: dict[str, float], last: bool, snapshot: Any) -> None:
@@ -151,7 +184,7 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
         model,
         data,
         spec.training,
-        spec.search.metric,
+        spec.search.resolved_metric,
         spec.search.resolved_mode,
         on_epoch,
         resume=resume,
@@ -291,7 +324,10 @@ def make_search_alg(s: SearchSpec, codec: SpaceCodec, mode: str) -> SearchAlgori
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(
-            metric=s.metric, mode=mode, points_to_evaluate=points, sampler=TPESampler(seed=s.seed)
+            metric=s.resolved_metric,
+            mode=mode,
+            points_to_evaluate=points,
+            sampler=TPESampler(seed=s.seed),
         )
         return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     # Tune applies max_concurrent_trials only to Searchers; the variant generator limits itself.
@@ -354,7 +390,9 @@ def run_search(
         )
     else:
         tuner = _new_tuner(spec, trainable, codec, storage, name, num_trials, max_epochs)
-    return _best_of(tuner.fit(), spec, codec, sink)
+    results = tuner.fit()
+    _prune_checkpoints(results)
+    return _best_of(results, spec, codec, sink)
 
 
 def _new_tuner(
@@ -374,7 +412,7 @@ def _new_tuner(
         trainable,
         param_space=codec.param_space(grid),
         tune_config=tune.TuneConfig(
-            metric=s.metric,
+            metric=s.resolved_metric,
             mode=mode,
             num_samples=num_trials,
             search_alg=search_alg,
@@ -390,7 +428,9 @@ def _new_tuner(
             callbacks=[ProgressCallback(name, codec)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            # PBT restores trials from others' older checkpoints: keep them all there.
+            # PBT restores trials from others' older checkpoints: keep them all there (until
+            # _prune_checkpoints). Otherwise two, which also makes Tune snapshot the
+            # experiment every two checkpoints, so a restored driver loses little work.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=None if s.scheduler == "pbt" else 2
             ),
@@ -402,7 +442,7 @@ def _best_of(
     results: tune.ResultGrid, spec: JobSpec, codec: SpaceCodec, sink: EventSink
 ) -> BestTrial:
     s = spec.search
-    mode = s.resolved_mode
+    mode, metric = s.resolved_mode, s.resolved_metric
     every = [results[i] for i in range(len(results))]
     for r in every:
         m = r.metrics or {}
@@ -424,22 +464,47 @@ def _best_of(
             "no trial completed an epoch before the search ended"
             + (f" (search.time_budget_s is {s.time_budget_s:g}s)" if s.time_budget_s else "")
         )
-    best = results.get_best_result(s.metric, mode, scope="all")
+    # The best of the trials that can be served: one that failed after a better epoch has
+    # no trustworthy checkpoint of that epoch.
+    best = (max if mode == "max" else min)(ok, key=lambda r: _best_value(r, metric, mode))
     folder = _checkpoint_dir(best)
-    if folder is None or best.error is not None:
-        raise SearchFailed("the best trial left no checkpoint")
+    assert folder is not None
     state = load_checkpoint(folder)
     df = best.metrics_dataframe
     row: Any = best.metrics or {}
     # The trial's history, when Tune kept it whole (a PBT-restored trial's may restart).
-    if df is not None and s.metric in df and df[s.metric].notna().any():
-        row = df.loc[df[s.metric].idxmax()] if mode == "max" else df.loc[df[s.metric].idxmin()]
+    if df is not None and metric in df and df[metric].notna().any():
+        row = df.loc[df[metric].idxmax()] if mode == "max" else df.loc[df[metric].idxmin()]
     return BestTrial(
         trial_id=str((best.metrics or {}).get("trial_id", best.path.rsplit("/", 1)[-1])),
         config=codec.decode(dict(best.config or {})),
         metrics={k: float(row[k]) for k in (*EPOCH_METRICS, "epoch") if k in row},
         state=state.best,
     )
+
+
+def _best_value(result: Any, metric: str, mode: str) -> float:
+    """A trial's best reported value of the metric over all its epochs (NaN never wins)."""
+    worst = float("-inf") if mode == "max" else float("inf")
+    df = result.metrics_dataframe
+    if df is not None and metric in df and df[metric].notna().any():
+        values = df[metric].dropna()
+        return float(values.max() if mode == "max" else values.min())
+    value = (result.metrics or {}).get(metric)
+    return worst if value is None or value != value else float(value)
+
+
+def _prune_checkpoints(results: tune.ResultGrid) -> None:
+    """Once the search is over only each trial's latest checkpoint is read (it carries the
+    trial's best weights too): drop the older ones the search kept for restores."""
+    for i in range(len(results)):
+        latest = results[i].checkpoint
+        if latest is None:
+            continue
+        keep = Path(latest.path)
+        for folder in keep.parent.glob("checkpoint_*"):
+            if folder.is_dir() and folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _checkpoint_dir(result: Any) -> Path | None:
@@ -452,8 +517,12 @@ def _checkpoint_dir(result: Any) -> Path | None:
 
 
 def rebuild(
-    spec: JobSpec, config: dict[str, Any], in_features: int, n_classes: int, state: StateDict
+    spec: JobSpec,
+    config: dict[str, Any],
+    example_shape: tuple[int, ...],
+    n_outputs: int,
+    state: StateDict,
 ) -> torch.nn.Module:
-    model = build_model(effective_spec(spec, config).model, in_features, n_classes)
+    model = build_model(effective_spec(spec, config).model, example_shape, n_outputs)
     model.load_state_dict(state)
     return model

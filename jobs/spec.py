@@ -16,7 +16,16 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -26,19 +35,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Task = Literal["classification", "regression", "anomaly_detection"]
+SearchMetric = Literal[
+    "val_accuracy", "val_f1_macro", "val_loss", "val_mae", "val_rmse", "val_r2", "val_auc"
+]
+# Which validation metrics each task reports, its default first.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("val_accuracy", "val_f1_macro", "val_loss"),
+    "regression": ("val_rmse", "val_mae", "val_r2", "val_loss"),
+    "anomaly_detection": ("val_auc", "val_loss"),
+}
+LOWER_IS_BETTER = frozenset({"val_loss", "val_mae", "val_rmse"})
+
+
+def natural_mode(metric: str) -> Literal["max", "min"]:
+    return "min" if metric in LOWER_IS_BETTER else "max"
+
+
 class SplitSpec(_Strict):
     validation: float = Field(0.15, gt=0, lt=1, description="Fraction of rows for validation.")
     test: float = Field(0.15, gt=0, lt=1, description="Fraction of rows held out for the test.")
     seed: int = Field(0, ge=0, description="Seed of the shuffle; same seed, same split.")
-    stratify: bool = Field(
-        True, description="Keep class proportions equal across splits (classification only)."
+    method: Literal["random", "stratified", "group", "time"] | None = Field(
+        None,
+        description="random: shuffled rows; stratified: class proportions kept in every split "
+        "(classification); group: rows sharing a value of 'column' never land in two splits "
+        "(e.g. one patient's records); time: ordered by 'column', the oldest rows train, the "
+        "newest test. Default: stratified for classification, random otherwise.",
+    )
+    column: str | None = Field(
+        None, description="The group or time column for method 'group' or 'time'."
+    )
+    stratify: bool | None = Field(
+        None,
+        description="Deprecated spelling of method: true is 'stratified', false 'random'.",
     )
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitSpec:
         if self.validation + self.test >= 0.9:
             raise ValueError("validation + test must leave at least 10% of rows for training")
+        if self.method in ("group", "time") and not self.column:
+            raise ValueError(f"method '{self.method}' needs 'column'")
+        if self.column and self.method not in ("group", "time"):
+            raise ValueError("'column' is only used by method 'group' or 'time'")
+        if self.stratify is not None and self.method is not None:
+            raise ValueError("give method or the older stratify, not both")
         return self
+
+    def resolved_method(self, task: str) -> str:
+        if self.method is not None:
+            return self.method
+        if self.stratify is False or task != "classification":
+            return "random"
+        return "stratified"
 
 
 class DatasetRef(_Strict):
@@ -46,26 +96,96 @@ class DatasetRef(_Strict):
     target: str = Field(min_length=1, description="Column to predict.")
     features: list[str] | None = Field(
         None,
-        description="Input columns; default: every column but the target and the sensitive "
-        "features.",
+        description="Input columns; default: every column but the target, the sensitive "
+        "features and the split column. Images and sequences are one array column (a list of "
+        "numbers per row, or of lists: [H][W] or [C][H][W] for an image, [T] or [T][F] for a "
+        "sequence).",
     )
     split: SplitSpec = Field(default_factory=lambda: SplitSpec())
 
 
+Impute = Literal["drop", "mean", "median", "most_frequent", "constant"]
+Scale = Literal["standard", "minmax", "none"]
+
+
+class ColumnPreprocessing(_Strict):
+    impute: Impute | None = Field(None, description="Overrides preprocessing.impute here.")
+    fill_value: float | str | None = Field(
+        None, description="The value 'constant' fills in for this column."
+    )
+    scale: Scale | None = Field(None, description="Overrides preprocessing.scale here.")
+    categorical: Literal["one_hot", "ordinal"] | None = Field(
+        None, description="Overrides preprocessing.categorical here."
+    )
+
+
+class AugmentationSpec(_Strict):
+    """Random changes to training batches only; validation, test and serving see raw data."""
+
+    flip: bool = Field(False, description="Images: mirror left-right with probability 0.5.")
+    rotation_degrees: float = Field(
+        0.0, ge=0, le=180, description="Images: rotate by a uniform angle in ±this many degrees."
+    )
+    shift: int = Field(
+        0, ge=0, le=64, description="Images: translate by up to this many pixels each way."
+    )
+    noise_std: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Any input: add Gaussian noise with this standard deviation (inputs are "
+        "already scaled, so it is in units of the scaled feature).",
+    )
+    mixup_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Classification: mixup, blending pairs of examples and their labels with a "
+        "Beta(alpha, alpha) weight; 0 turns it off.",
+    )
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.flip or self.rotation_degrees or self.shift or self.noise_std or self.mixup_alpha
+        )
+
+
 class PreprocessingSpec(_Strict):
-    impute: Literal["median", "mean"] = Field(
-        "median", description="How missing numeric values are filled (fitted on training rows)."
+    impute: Impute = Field(
+        "median",
+        description="Missing values: drop the rows (training, validation and test; serving "
+        "still fills them), or fill with the training split's mean, median, most frequent value "
+        "or 'fill_value'. In text columns mean and median leave a missing value as its own "
+        "'none of these' (like an unseen category); most_frequent and constant fill it.",
     )
-    scale: Literal["standard", "minmax", "none"] = Field(
-        "standard", description="Scaling of numeric columns (fitted on training rows)."
+    fill_value: float | str | None = Field(
+        None, description="The value 'constant' fills in (default 0 for numbers, 'missing' text)."
     )
-    categorical: Literal["one_hot"] = Field(
+    scale: Scale = Field(
+        "standard",
+        description="Numbers: standardise (mean 0, std 1), min-max normalise to [0, 1], or "
+        "leave. Array columns (images, sequences) are scaled as a whole.",
+    )
+    categorical: Literal["one_hot", "ordinal"] = Field(
         "one_hot",
-        description="Encoding of text columns; categories unseen in training encode as all zeros.",
+        description="Text columns: one_hot (categories unseen in training encode as all zeros) "
+        "or ordinal (one number per category in sorted order; unseen ones get -1).",
     )
+    columns: dict[str, ColumnPreprocessing] = Field(
+        default_factory=dict, description="Per-column overrides, keyed by column name."
+    )
+    augmentation: AugmentationSpec | None = Field(
+        None, description="Random augmentation of training batches."
+    )
+
+
+Activation = Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"]
 
 
 class MLPSpec(_Strict):
+    """Fully connected layers; the default for tables."""
+
     architecture: Literal["mlp"] = Field("mlp", description="Model family.")
     hidden_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [64, 32],
@@ -73,29 +193,175 @@ class MLPSpec(_Strict):
         max_length=8,
         description="Width of each hidden layer.",
     )
-    activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"] = Field(
-        "relu", description="Activation after each hidden layer."
-    )
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+    norm: Literal["none", "batch", "layer"] = Field(
+        "none", description="Normalisation after each hidden layer's linear map."
+    )
+
+
+class CNNSpec(_Strict):
+    """Convolution blocks over an image column, then global average pooling and a linear head."""
+
+    architecture: Literal["cnn"] = Field(description="Model family.")
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [16, 32],
+        min_length=1,
+        max_length=8,
+        description="Output channels of each conv block (conv, norm, activation, pool).",
+    )
+    kernel_size: int = Field(3, ge=1, le=11, description="Side of the square kernels (odd).")
+    pooling: Literal["max", "avg", "none"] = Field(
+        "max", description="2x2 pooling after each block, while the image is at least 2x2."
+    )
+    batch_norm: bool = Field(True, description="Batch normalisation in each block.")
+    activation: Activation = Field("relu", description="Activation in each block.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("kernel_size must be odd, so the image keeps its size")
+        return value
+
+
+class RNNSpec(_Strict):
+    """A recurrent network over a sequence column; the last step's state feeds the head."""
+
+    architecture: Literal["lstm", "gru"] = Field(description="Model family: lstm or gru.")
+    hidden_size: int = Field(64, ge=1, le=4096, description="Width of the recurrent state.")
+    num_layers: int = Field(1, ge=1, le=8, description="Stacked recurrent layers.")
+    bidirectional: bool = Field(False, description="Also read each sequence backwards.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout between stacked layers and before the head."
+    )
+
+
+class TransformerSpec(_Strict):
+    """A transformer encoder over the steps of a sequence, or over the features of a table (each
+    feature becomes a token), mean-pooled into a linear head."""
+
+    architecture: Literal["transformer"] = Field(description="Model family.")
+    d_model: int = Field(32, ge=2, le=4096, description="Width of each token.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
+    num_layers: int = Field(2, ge=1, le=24, description="Encoder layers.")
+    dim_feedforward: int = Field(64, ge=1, le=16384, description="Width of each feed-forward.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the encoder.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerSpec:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        return self
+
+
+class AutoencoderSpec(_Strict):
+    """Anomaly detection: learns to reconstruct normal rows; a row it reconstructs badly (error
+    above a threshold set on validation data) is an anomaly."""
+
+    architecture: Literal["autoencoder"] = Field(description="Model family.")
+    encoder_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [32, 16],
+        max_length=8,
+        description="Widths of the encoder's layers; the decoder mirrors them.",
+    )
+    bottleneck: int = Field(4, ge=1, le=1024, description="Width of the code in the middle.")
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+    threshold_quantile: float = Field(
+        0.99,
+        gt=0,
+        lt=1,
+        description="The anomaly threshold is this quantile of the reconstruction error of "
+        "normal validation rows (0.99: about 1% of normal rows are flagged).",
+    )
+
+
+_FAMILY = {"lstm": "rnn", "gru": "rnn"}
+
+
+def _family(value: Any) -> str | None:
+    # Specs written before there were several architectures leave it out: an MLP.
+    arch = value.get("architecture", "mlp") if isinstance(value, dict) else value.architecture
+    return _FAMILY.get(arch, arch) if isinstance(arch, str) else None
+
+
+ModelSpec = Annotated[
+    Annotated[MLPSpec, Tag("mlp")]
+    | Annotated[CNNSpec, Tag("cnn")]
+    | Annotated[RNNSpec, Tag("rnn")]
+    | Annotated[TransformerSpec, Tag("transformer")]
+    | Annotated[AutoencoderSpec, Tag("autoencoder")],
+    Discriminator(
+        _family,
+        custom_error_type="architecture",
+        custom_error_message="architecture must be one of mlp, cnn, lstm, gru, transformer, "
+        "autoencoder",
+    ),
+]
 
 
 class EarlyStoppingSpec(_Strict):
-    metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
-        "val_loss", description="Validation metric watched for improvement."
-    )
+    metric: SearchMetric = Field("val_loss", description="Validation metric watched.")
     patience: int = Field(3, ge=1, le=1000, description="Epochs without improvement to wait.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
+class LRScheduleSpec(_Strict):
+    kind: Literal["none", "step", "cosine", "plateau"] = Field(
+        "none",
+        description="step: multiply by gamma every step_size epochs; cosine: anneal to min_lr "
+        "over the epochs; plateau: multiply by gamma when the validation loss stalls for "
+        "'patience' epochs.",
+    )
+    step_size: int = Field(10, ge=1, le=1000, description="Epochs between steps ('step').")
+    gamma: float = Field(0.1, gt=0, lt=1, description="Factor of each decrease.")
+    patience: int = Field(2, ge=0, le=1000, description="Stalled epochs before a decrease.")
+    min_lr: float = Field(0.0, ge=0, description="Floor of the learning rate.")
+    warmup_epochs: int = Field(
+        0, ge=0, le=1000, description="Linear warm-up from lr/10 over these first epochs."
+    )
+
+
 class TrainingSpec(_Strict):
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam")
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field(
+        "adam", description="sgd (with momentum), adam, adamw (decoupled weight decay), rmsprop."
+    )
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Step size of the optimizer.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of sgd and rmsprop.")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
     batch_size: int = Field(128, ge=1, le=65536)
     epochs: int = Field(10, ge=1, le=1000)
     weight_decay: float = Field(0.0, ge=0, le=1, description="L2 penalty.")
+    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on the weights, added to the loss.")
+    grad_clip_norm: float | None = Field(
+        None, gt=0, description="Clip the gradients' global norm to this value."
+    )
+    lr_schedule: LRScheduleSpec = Field(
+        default_factory=lambda: LRScheduleSpec(), description="Learning-rate schedule."
+    )
+    loss: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = Field(
+        "auto",
+        description="auto: cross-entropy for classification, mse for regression and "
+        "autoencoders. Regression may choose mae or huber.",
+    )
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none",
+        description="Weights of the classes in the loss: balanced (inverse class frequency in "
+        "training rows) or a weight per class label; fights imbalance.",
+    )
     seed: int = Field(0, ge=0, description="Seed of weight init and batch order.")
     early_stopping: EarlyStoppingSpec | None = Field(
         None, description="Stop a trial when its validation metric stops improving."
+    )
+    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="Autocast on GPU (fp16 with a gradient scaler); on CPU it is ignored with "
+        "a logged notice.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model on GPU; ignored with a notice on CPU."
     )
 
 
@@ -139,9 +405,6 @@ class Domain(_Strict):
         bounds = self.uniform or self.loguniform
         assert bounds is not None
         return [bounds[0], bounds[1]]
-
-
-SearchMetric = Literal["val_accuracy", "val_f1_macro", "val_loss"]
 
 
 class SearchSpec(_Strict):
@@ -202,17 +465,26 @@ class SearchSpec(_Strict):
         le=1000,
         description="Epochs between PBT's exploit/explore steps.",
     )
-    metric: SearchMetric = Field("val_accuracy", description="Validation metric to optimise.")
+    metric: SearchMetric | None = Field(
+        None,
+        description="Validation metric to optimise; default: val_accuracy for classification, "
+        "val_rmse for regression, val_auc (ROC-AUC) for anomaly detection.",
+    )
     mode: Literal["max", "min"] | None = Field(
-        None, description="max or min; default follows the metric (min for losses)."
+        None, description="max or min; default follows the metric (min for losses and errors)."
     )
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
+
+    @property
+    def resolved_metric(self) -> str:
+        # JobSpec fills the metric in from the task; a bare SearchSpec means classification.
+        return self.metric or "val_accuracy"
 
     @property
     def resolved_mode(self) -> Literal["max", "min"]:
         if self.mode is not None:
             return self.mode
-        return "min" if self.metric.endswith("loss") else "max"
+        return natural_mode(self.resolved_metric)
 
 
 class ResourcesSpec(_Strict):
@@ -370,13 +642,49 @@ class AuditSpec(AuditOptions):
 
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="A short name for the job.")
+    task: Literal["auto", "classification", "regression", "anomaly_detection"] = Field(
+        "auto",
+        description="What is learnt. auto: regression when the target is a number with more "
+        "than 20 distinct values or any fraction, classification otherwise; an autoencoder "
+        "means anomaly_detection (the target then marks anomalies: 1/true, or "
+        "audit.positive_label).",
+    )
     dataset: DatasetRef
     preprocessing: PreprocessingSpec = Field(default_factory=lambda: PreprocessingSpec())
-    model: MLPSpec = Field(default_factory=lambda: MLPSpec())
+    model: ModelSpec = Field(
+        default_factory=lambda: MLPSpec(),
+        description="The network: mlp, cnn (images), lstm/gru (sequences), transformer "
+        "(sequences or tables), autoencoder (anomaly detection).",
+    )
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec())
     search: SearchSpec = Field(default_factory=lambda: SearchSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
     audit: AuditSpec = Field(default_factory=lambda: AuditSpec())
+
+    @model_validator(mode="after")
+    def _task_and_metric(self) -> JobSpec:
+        autoencoder = self.model.architecture == "autoencoder"
+        if autoencoder and self.task == "auto":
+            self.task = "anomaly_detection"
+        if autoencoder != (self.task == "anomaly_detection"):
+            raise ValueError(
+                "anomaly_detection is learnt by model.architecture 'autoencoder', and an "
+                "autoencoder only detects anomalies"
+            )
+        if self.search.metric is None and self.task != "auto":
+            self.search.metric = TASK_METRICS[self.task][0]  # type: ignore[assignment]
+        return self
+
+    def with_task(self, task: Task) -> JobSpec:
+        """This spec with its task settled (and the metric defaulted from it)."""
+        if self.task == task:
+            return self
+        return JobSpec.model_validate({**self.model_dump(mode="json"), "task": task})
+
+    @property
+    def resolved_task(self) -> Task:
+        """The task; 'auto' before the data is seen reads as classification."""
+        return "classification" if self.task == "auto" else self.task
 
 
 # Sections whose fields a search may set. The dataset, the search itself and the audit are
@@ -393,30 +701,57 @@ class FieldError:
         return {"loc": list(self.loc), "msg": self.msg}
 
 
+_MODEL_TAGS = frozenset({"mlp", "cnn", "rnn", "transformer", "autoencoder"})
+
+
+def validation_errors(exc: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as field errors whose paths are the spec's own: pydantic puts the
+    union member's tag into the path of an error inside ``model`` (model.cnn.dropout), and
+    reports an unknown architecture at ``model``."""
+    out = []
+    for e in exc.errors():
+        loc = tuple(e["loc"])
+        if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_TAGS:
+            loc = (loc[0], *loc[2:])
+        if e["type"] == "architecture":
+            loc = (*loc, "architecture")
+        out.append(FieldError(loc, e["msg"]))
+    return out
+
+
 def _field_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
     field = model.model_fields[name]
     annotation = field.annotation
     for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+        # A tagged union member is Annotated[Model, Tag(...)]: look through the annotation.
+        candidate = getattr(candidate, "__origin__", candidate)
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
 
 
-def resolve_path(path: str) -> str | None:
-    """Return why ``path`` names no searchable field, or None when it does."""
+def resolve_path(path: str, spec: JobSpec | None = None) -> str | None:
+    """Return why ``path`` names no searchable field, or None when it does.
+
+    With ``spec``, sections whose type depends on a value (``model`` by its architecture) are
+    resolved by the spec's own; without, by their first variant (an MLP).
+    """
     parts = path.split(".")
     if parts[0] not in SEARCHABLE_SECTIONS:
         return f"'{path}' is not searchable: paths start with one of {list(SEARCHABLE_SECTIONS)}"
     model: type[BaseModel] | None = JobSpec
+    node: Any = spec
     for i, part in enumerate(parts):
         if model is None or part not in model.model_fields:
-            return f"'{path}' names no field of the spec"
+            where = f" of model '{node.architecture}'" if i and parts[0] == "model" and node else ""
+            return f"'{path}' names no field{where or ' of the spec'}"
+        value = getattr(node, part, None) if node is not None else None
+        inner = type(value) if isinstance(value, BaseModel) else _field_model(model, part)
         if i == len(parts) - 1:
-            inner = _field_model(model, part)
             if inner is not None:
                 return f"'{path}' is a section; name one of its fields"
             return None
-        model = _field_model(model, part)
+        model, node = inner, value
     return None
 
 
@@ -441,14 +776,16 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
     errors: list[FieldError] = []
     s = spec.search
     if s.mode is not None:
-        natural = "min" if s.metric.endswith("loss") else "max"
+        natural = natural_mode(s.resolved_metric)
         if s.mode != natural:
             errors.append(
                 FieldError(
                     ("search", "mode"),
-                    f"metric '{s.metric}' is optimised with mode '{natural}', not '{s.mode}'",
+                    f"metric '{s.resolved_metric}' is optimised with mode '{natural}', "
+                    f"not '{s.mode}'",
                 )
             )
+    errors += check_task(spec)
     base = spec.model_dump(mode="json")
     errors += _check_algorithm(s)
     for i, point in enumerate(s.points_to_evaluate):
@@ -460,7 +797,7 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
                 errors.append(FieldError(loc_p, why))
     for path, domain in s.space.items():
         loc: tuple[str | int, ...] = ("search", "space", path)
-        why = resolve_path(path)
+        why = resolve_path(path, spec)
         if why is not None:
             errors.append(FieldError(loc, why))
             continue
@@ -475,6 +812,107 @@ def check_spec(spec: JobSpec) -> list[FieldError]:
         )
     if len(set(sens)) != len(sens):
         errors.append(FieldError(("audit", "sensitive_features"), "names a column twice"))
+    return errors
+
+
+def check_task(spec: JobSpec) -> list[FieldError]:
+    """Problems between the task and the options that only fit some tasks."""
+    if spec.task == "auto":
+        return []
+    task = spec.task
+    errors: list[FieldError] = []
+    allowed = TASK_METRICS[task]
+    if spec.search.metric is not None and spec.search.metric not in allowed:
+        errors.append(
+            FieldError(
+                ("search", "metric"),
+                f"'{spec.search.metric}' is not a {task} metric; use one of {list(allowed)}",
+            )
+        )
+    es = spec.training.early_stopping
+    if es is not None and es.metric not in allowed:
+        errors.append(
+            FieldError(
+                ("training", "early_stopping", "metric"),
+                f"'{es.metric}' is not a {task} metric; use one of {list(allowed)}",
+            )
+        )
+    t = spec.training
+    if t.loss in ("mse", "mae", "huber") and task == "classification":
+        errors.append(FieldError(("training", "loss"), f"'{t.loss}' is a regression loss"))
+    if t.loss in ("cross_entropy", "mae", "huber") and task == "anomaly_detection":
+        errors.append(FieldError(("training", "loss"), "an autoencoder trains with mse"))
+    if t.loss == "cross_entropy" and task == "regression":
+        errors.append(FieldError(("training", "loss"), "cross_entropy is a classification loss"))
+    if t.class_weights != "none" and task != "classification":
+        errors.append(
+            FieldError(("training", "class_weights"), "class weights need a classification task")
+        )
+    aug = spec.preprocessing.augmentation
+    if aug is not None and aug.mixup_alpha and task != "classification":
+        errors.append(
+            FieldError(
+                ("preprocessing", "augmentation", "mixup_alpha"), "mixup needs classification"
+            )
+        )
+    return errors
+
+
+# Which input ranks (dimensions of one row's array) each architecture reads; None: tables.
+_ARRAY_RANKS: dict[str, tuple[int, ...]] = {
+    "cnn": (2, 3),
+    "lstm": (1, 2),
+    "gru": (1, 2),
+    "transformer": (1, 2),
+}
+
+
+def check_model_inputs(
+    spec: JobSpec, kinds: dict[str, str | None], shapes: dict[str, list[int] | None]
+) -> list[FieldError]:
+    """Problems between the architecture and the input columns it would read (by kind and, for
+    array columns, by the shape recorded when the dataset was registered)."""
+    arch = spec.model.architecture
+    features = feature_columns(spec, list(kinds))
+    arrays = [f for f in features if kinds.get(f) == "array"]
+    errors: list[FieldError] = []
+    needs_array = arch in ("cnn", "lstm", "gru")
+    what = "an image" if arch == "cnn" else "a sequence"
+    if needs_array and not arrays:
+        errors.append(
+            FieldError(
+                ("model", "architecture"),
+                f"{arch} needs {what} column (an array per row); the inputs {features} are "
+                "plain columns: name one array column in dataset.features",
+            )
+        )
+    elif (needs_array or (arch == "transformer" and arrays)) and features != arrays[:1]:
+        errors.append(
+            FieldError(
+                ("dataset", "features"),
+                f"{arch} reads exactly one array column; the inputs would be {features}",
+            )
+        )
+    elif arrays and arch in _ARRAY_RANKS:
+        shape = shapes.get(arrays[0])
+        if shape is not None and len(shape) not in _ARRAY_RANKS[arch]:
+            ranks = " or ".join(f"{r}-D" for r in _ARRAY_RANKS[arch])
+            errors.append(
+                FieldError(
+                    ("dataset", "features"),
+                    f"column '{arrays[0]}' holds arrays of shape {shape}; {arch} reads {ranks} "
+                    f"arrays ({what})",
+                )
+            )
+    aug = spec.preprocessing.augmentation
+    if aug is not None and arch != "cnn":
+        for name in ("flip", "rotation_degrees", "shift"):
+            if getattr(aug, name):
+                errors.append(
+                    FieldError(
+                        ("preprocessing", "augmentation", name), "image augmentation needs a cnn"
+                    )
+                )
     return errors
 
 
@@ -568,6 +1006,8 @@ def feature_columns(spec: JobSpec, columns: list[str]) -> list[str]:
     if spec.dataset.features is not None:
         return list(spec.dataset.features)
     excluded = {spec.dataset.target}
+    if spec.dataset.split.column:
+        excluded.add(spec.dataset.split.column)
     if not spec.audit.use_as_features:
         excluded |= set(spec.audit.sensitive_features)
     return [c for c in columns if c not in excluded]

@@ -7,6 +7,7 @@ several workers.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,10 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs.augment import augment, mixup
 from jobs.checkpoint import StateDict, TrainState
-from jobs.evaluate import validation_metrics
 from jobs.models import build_model
-from jobs.spec import TrainingSpec
+from jobs.spec import AugmentationSpec, LRScheduleSpec, TrainingSpec, natural_mode
+from jobs.tasks import Objective
+
+log = logging.getLogger(__name__)
 
 # (epoch starting at 1, metrics, whether this is the trial's last epoch, and a function that
 # captures the full training state, for callers that checkpoint this epoch)
@@ -33,30 +37,67 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainData:
+    """Inputs shaped ``(rows, *example_shape)``; targets as the objective wants them."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
     n_classes: int
+    objective: Objective | None = None  # None: classification into n_classes
+    augmentation: AugmentationSpec | None = None
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def task(self) -> Objective:
+        return self.objective or Objective("classification", self.n_classes)
 
 
 def init_model(
-    model_spec: Any, spec: TrainingSpec, in_features: int, out_features: int
+    model_spec: Any, spec: TrainingSpec, example_shape: tuple[int, ...], out_features: int
 ) -> nn.Module:
     """Build a model whose initial weights depend only on the spec's seed."""
     torch.manual_seed(spec.seed)
-    return build_model(model_spec, in_features, out_features)
+    return build_model(model_spec, example_shape, out_features)
 
 
 def make_optimizer(spec: TrainingSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     lr, wd = spec.learning_rate, spec.weight_decay
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=wd
+        )
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, momentum=spec.momentum, weight_decay=wd)
+
+
+def scheduled_factor(s: LRScheduleSpec, epoch: int, epochs: int, base_lr: float) -> float:
+    """The factor on the base learning rate in ``epoch`` (from 1) from warm-up, step and
+    cosine schedules: a pure function of the epoch, so resuming needs no scheduler state."""
+    factor = 1.0
+    if s.kind == "step":
+        factor = s.gamma ** ((epoch - 1) // s.step_size)
+    elif s.kind == "cosine":
+        floor = min(s.min_lr / base_lr, 1.0)
+        progress = (epoch - 1) / max(epochs - 1, 1)
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if s.warmup_epochs and epoch <= s.warmup_epochs:
+        factor *= 0.1 + 0.9 * (epoch - 1) / s.warmup_epochs
+    return factor
+
+
+def _device_notices(spec: TrainingSpec, device: torch.device) -> None:
+    if device.type != "cuda":
+        if spec.mixed_precision != "none":
+            log.warning("training.mixed_precision=%s ignored on CPU", spec.mixed_precision)
+        if spec.compile:
+            log.warning("training.compile ignored on CPU")
 
 
 def predict_logits(
@@ -105,18 +146,30 @@ def fit(
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     # Arrays from Ray's object store are read-only; torch wants writable memory.
+    objective = data.task
     x = torch.from_numpy(np.require(data.x_train, requirements="W"))
     y = torch.from_numpy(np.require(data.y_train, requirements="W"))
-    y_val = torch.from_numpy(np.require(data.y_val, requirements="W")).to(device)
     if device.type == "cuda":
         # Pinned host memory makes the per-batch copies asynchronous.
         x, y = x.pin_memory(), y.pin_memory()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(spec, list(model.parameters()))
+    # Frozen layers (transfer learning) take no optimizer state and no penalty.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(spec, trainable)
     epochs = min(spec.epochs, max_epochs) if max_epochs else spec.epochs
+    _device_notices(spec, device)
+    amp = device.type == "cuda" and spec.mixed_precision != "none"
+    amp_dtype = torch.bfloat16 if spec.mixed_precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and spec.mixed_precision == "fp16")
+    forward = model
+    if spec.compile and device.type == "cuda":
+        forward = torch.compile(model)  # type: ignore[assignment]
+    aug = data.augmentation
+    mix = aug.mixup_alpha if aug is not None and objective.task == "classification" else 0.0
+    sched = spec.lr_schedule
+    x_val = torch.from_numpy(np.require(data.x_val, requirements="W")).to(device)
 
     es = spec.early_stopping
-    es_mode = "min" if es is not None and es.metric.endswith("loss") else "max"
+    es_mode = natural_mode(es.metric) if es is not None else "max"
     state = TrainState(
         epoch=0,
         model={},
@@ -133,7 +186,7 @@ def fit(
         optimizer.load_state_dict(resume.optimizer)
         # A restored trial may carry new hyperparameters (PBT): the spec wins over the state.
         for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = spec.learning_rate, spec.weight_decay
+            group["weight_decay"] = spec.weight_decay
         gen.set_state(resume.batch_rng)
         torch.set_rng_state(resume.torch_rng)
         state = resume
@@ -149,6 +202,10 @@ def fit(
 
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
+        lr = spec.learning_rate * state.lr_factor
+        lr *= scheduled_factor(sched, epoch, epochs, spec.learning_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         model.train()
         order = torch.randperm(len(x), generator=gen)[rank::world]
         total, count = 0.0, 0
@@ -157,27 +214,52 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             xb = x[idx].to(device, non_blocking=True)
             yb = y[idx].to(device, non_blocking=True)
-            loss = loss_fn(model(xb), yb)
+            if aug is not None and aug.active:
+                xb = augment(xb, aug)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                if mix:
+                    mixed, partner, lam = mixup(xb, mix)
+                    out = forward(mixed)
+                    loss = lam * objective.batch_loss(out, yb, xb) + (
+                        1 - lam
+                    ) * objective.batch_loss(out, yb[partner], xb)
+                else:
+                    loss = objective.batch_loss(forward(xb), yb, xb)
+            if spec.l1:
+                loss = loss + spec.l1 * sum(p.abs().sum() for p in trainable)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} in epoch {epoch}; "
                     "try a lower training.learning_rate"
                 )
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            if spec.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(trainable, spec.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
             total += loss.item() * len(idx)
             count += len(idx)
 
         if all_reduce is not None:
             summed = all_reduce(torch.tensor([total, float(count)], device=device))
             total, count = float(summed[0]), int(summed[1])
-        logits = predict_logits(core, data.x_val, device=device)
+        outputs = predict_logits(core, data.x_val, device=device)
         metrics = {
             "train_loss": total / max(count, 1),
-            "val_loss": float(loss_fn(logits, y_val)) if len(y_val) else math.nan,
-            **validation_metrics(data.y_val, logits.argmax(1).cpu().numpy(), data.n_classes),
+            **objective.validation(outputs, data.y_val, x_val),
+            "lr": lr,
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
+        if sched.kind == "plateau":
+            if metrics["val_loss"] < state.plateau_best:
+                state.plateau_best, state.plateau_stale = metrics["val_loss"], 0
+            else:
+                state.plateau_stale += 1
+                if state.plateau_stale > sched.patience:
+                    floor = sched.min_lr / spec.learning_rate
+                    state.lr_factor = max(state.lr_factor * sched.gamma, floor)
+                    state.plateau_stale = 0
 
         state.epoch = epoch
         score = metrics[select_metric]

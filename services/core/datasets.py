@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from jobs.data import describe_schema, file_sha256
+from jobs.data import DataError, describe_table, file_sha256
 from jobs.datasets import BUILTIN
 from services.core.errors import Invalid, NotFound, PayloadTooLarge
 from services.core.ids import new_id
@@ -33,6 +33,7 @@ def seed_builtins(session: Session) -> None:
         if repo.get(builtin_id(d.name)) is not None:
             continue
         meta = pq.read_metadata(d.path)
+        table = pq.read_table(d.path)
         repo.add(
             Dataset(
                 id=builtin_id(d.name),
@@ -43,7 +44,7 @@ def seed_builtins(session: Session) -> None:
                 source_sha256=None,
                 num_rows=meta.num_rows,
                 size_bytes=d.path.stat().st_size,
-                columns=describe_schema(meta.schema.to_arrow_schema()),
+                columns=describe_table(table),
                 builtin=True,
                 description=d.description,
                 license=d.license,
@@ -109,6 +110,10 @@ def register_upload(
                 f"'{filename}' has no data rows",
                 [{"loc": ["file"], "msg": "no rows"}],
             )
+        try:
+            columns = describe_table(table)
+        except DataError as exc:
+            raise Invalid(str(exc), [{"loc": ["file"], "msg": str(exc)}]) from exc
         dataset_id = new_id("ds")
         final = folder / f"{dataset_id}.parquet"
         pq.write_table(table, final, compression="zstd")
@@ -122,7 +127,7 @@ def register_upload(
                 source_sha256=source_sha,
                 num_rows=table.num_rows,
                 size_bytes=final.stat().st_size,
-                columns=describe_schema(table.schema),
+                columns=columns,
                 builtin=False,
             )
         )

@@ -9,8 +9,18 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, object_session
 
+from jobs.data import read_column
 from jobs.events import Event
-from jobs.spec import FieldError, JobSpec, check_against_columns, check_spec, feature_columns
+from jobs.spec import (
+    FieldError,
+    JobSpec,
+    check_against_columns,
+    check_model_inputs,
+    check_spec,
+    feature_columns,
+    validation_errors,
+)
+from jobs.tasks import infer_task
 from services.core.datasets import get_dataset
 from services.core.errors import Conflict, Invalid, NotFound
 from services.core.ids import new_id
@@ -20,7 +30,7 @@ from services.store.repositories import EventRepository, JobRepository, TrialRep
 
 
 def pydantic_fields(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+    return [e.as_dict() for e in validation_errors(exc)]
 
 
 def validate_spec(session: Session, raw: Any) -> JobSpec:
@@ -29,20 +39,26 @@ def validate_spec(session: Session, raw: Any) -> JobSpec:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         raise Invalid("the job spec is invalid", pydantic_fields(exc)) from exc
-    errors = check_spec(spec)
     dataset = get_dataset_or_field_error(session, spec.dataset.id)
     kinds = {c["name"]: c["kind"] for c in dataset.columns}
-    errors += check_against_columns(spec, list(kinds))
+    shapes = {c["name"]: c.get("shape") for c in dataset.columns}
+    errors = check_against_columns(spec, list(kinds))
     target = spec.dataset.target
-    if target in kinds and kinds[target] is None:
+    if target in kinds and kinds[target] not in ("numeric", "categorical"):
         errors.append(FieldError(("dataset", "target"), f"column '{target}' cannot be a label"))
+    elif target in kinds and spec.task == "auto":
+        # Settle the task now, so a metric or loss that does not fit it is a 422 here and the
+        # stored spec says what will be learnt.
+        spec = spec.with_task(infer_task(read_column(dataset.uri, target)))
+    errors += check_spec(spec)
+    errors += check_model_inputs(spec, kinds, shapes)
     for name in feature_columns(spec, list(kinds)):
         if name in kinds and kinds[name] is None:
             errors.append(
                 FieldError(
                     ("dataset", "features"),
-                    f"column '{name}' has a type a tabular model cannot use; "
-                    "list the usable columns in dataset.features",
+                    f"column '{name}' has a type no model can read (numbers, text, or arrays "
+                    "of numbers); list the usable columns in dataset.features",
                 )
             )
     if errors:

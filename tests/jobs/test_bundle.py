@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.bundle import BundleError, load_bundle, save_bundle
-from jobs.data import Preprocessor
+from jobs.bundle import BundleError, OutputHead, load_bundle, save_bundle
 from jobs.models import build_model
+from jobs.preprocess import Preprocessor
 from jobs.spec import MLPSpec
 
 
@@ -15,10 +15,11 @@ def make(tmp_path: Path) -> tuple[Path, str, Preprocessor, object]:
     cols = {"x": np.array([1.0, 2.0, 3.0]), "c": np.array(["a", "b", "a"], dtype=object)}
     pre = Preprocessor.fit(cols, {"x": "numeric", "c": "categorical"})
     spec = MLPSpec(hidden_sizes=[4])
-    model = build_model(spec, pre.num_features, 2)
+    model = build_model(spec, pre.example_shape, 2)
     rows = [{"x": 1.0, "c": "a"}]
+    head = OutputHead("classification", ["no", "yes"])
     digest = save_bundle(
-        tmp_path / "b", model.state_dict(), spec, pre, ["no", "yes"], rows, {"job_id": "job_1"}
+        tmp_path / "b", model.state_dict(), spec, pre, head, rows, {"job_id": "job_1"}
     )
     return tmp_path / "b", digest, pre, model
 

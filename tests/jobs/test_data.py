@@ -5,7 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from jobs.data import DataError, Preprocessor, encode_labels, split_indices
+from jobs.data import DataError, split_indices
+from jobs.preprocess import Preprocessor
+from jobs.spec import PreprocessingSpec
+from jobs.tasks import encode_target
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
@@ -49,7 +52,9 @@ def test_preprocessor_is_fitted_on_what_it_is_given() -> None:
 
 def test_preprocessor_round_trips_through_json() -> None:
     cols = {"x": np.array([1.0, 3.0]), "c": np.array(["a", "b"], dtype=object)}
-    pre = Preprocessor.fit(cols, {"x": "numeric", "c": "categorical"}, scale="minmax")
+    pre = Preprocessor.fit(
+        cols, {"x": "numeric", "c": "categorical"}, PreprocessingSpec(scale="minmax")
+    )
     again = Preprocessor.from_json(pre.to_json())
     assert np.array_equal(pre.transform(cols), again.transform(cols))
 
@@ -70,6 +75,6 @@ def test_records_are_validated() -> None:
 
 
 def test_labels_keep_their_type() -> None:
-    labels = encode_labels(np.array([3, 1, 3, 2], dtype=object))
+    labels = encode_target(np.array([3, 1, 3, 2], dtype=object), "classification", None, "y")
     assert labels.classes == [1, 2, 3]
     assert labels.codes.tolist() == [2, 0, 2, 1]

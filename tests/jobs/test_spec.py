@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from jobs.spec import (
     JobSpec,
+    SplitSpec,
     apply_overrides,
     check_against_columns,
+    check_model_inputs,
     check_spec,
     effective_spec,
     feature_columns,
     resolve_path,
+    validation_errors,
 )
 
 BASE = {"name": "t", "dataset": {"id": "ds_x", "target": "y"}}
@@ -37,7 +42,7 @@ def test_every_bad_field_is_reported_by_path() -> None:
                 "training": {"learning_rate": -1, "typo": 1},
             }
         )
-    locs = {tuple(e["loc"]) for e in exc.value.errors()}
+    locs = {e.loc for e in validation_errors(exc.value)}
     assert ("name",) in locs
     assert ("dataset", "split", "test") in locs
     assert ("model", "architecture") in locs
@@ -143,3 +148,113 @@ def test_shipped_examples_are_valid_specs() -> None:
     for path in examples:
         spec = JobSpec.model_validate(yaml.safe_load(path.read_text()))
         assert check_spec(spec) == [], path
+
+
+def test_errors_inside_an_architecture_are_reported_at_the_spec_path() -> None:
+    with pytest.raises(ValidationError) as exc:
+        spec(model={"architecture": "cnn", "dropout": 3, "kernel_size": 4})
+    locs = {e.loc for e in validation_errors(exc.value)}
+    assert locs == {("model", "dropout"), ("model", "kernel_size")}
+    with pytest.raises(ValidationError, match="must divide d_model"):
+        spec(model={"architecture": "transformer", "d_model": 30, "num_heads": 4})
+
+
+def test_the_task_sets_the_default_metric_and_autoencoders_detect_anomalies() -> None:
+    assert spec().search.metric is None  # settled once the target is seen
+    assert spec(task="regression").search.metric == "val_rmse"
+    assert spec(task="regression").search.resolved_mode == "min"
+    auto = spec(model={"architecture": "autoencoder"})
+    assert (auto.task, auto.search.metric) == ("anomaly_detection", "val_auc")
+    assert spec().with_task("regression").search.metric == "val_rmse"
+    with pytest.raises(ValidationError, match="autoencoder"):
+        spec(task="classification", model={"architecture": "autoencoder"})
+    with pytest.raises(ValidationError, match="autoencoder"):
+        spec(task="anomaly_detection")
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"task": "regression", "search": {"metric": "val_accuracy"}}, ("search", "metric")),
+        ({"task": "classification", "training": {"loss": "mse"}}, ("training", "loss")),
+        (
+            {"task": "regression", "training": {"class_weights": "balanced"}},
+            ("training", "class_weights"),
+        ),
+        (
+            {"task": "regression", "training": {"early_stopping": {"metric": "val_f1_macro"}}},
+            ("training", "early_stopping", "metric"),
+        ),
+        (
+            {"task": "regression", "preprocessing": {"augmentation": {"mixup_alpha": 0.2}}},
+            ("preprocessing", "augmentation", "mixup_alpha"),
+        ),
+    ],
+)
+def test_options_that_do_not_fit_the_task_are_refused(
+    fields: dict[str, Any], loc: tuple[str, ...]
+) -> None:
+    assert [e.loc for e in check_spec(spec(**fields))] == [loc]
+
+
+def test_search_paths_follow_the_chosen_architecture() -> None:
+    cnn = spec(model={"architecture": "cnn"})
+    assert resolve_path("model.channels", cnn) is None
+    assert "of model 'cnn'" in (resolve_path("model.hidden_sizes", cnn) or "")
+    assert resolve_path("training.lr_schedule.gamma") is None
+    assert resolve_path("preprocessing.augmentation.noise_std") is None
+    ok = spec(
+        model={"architecture": "gru"},
+        search={
+            "space": {
+                "model.hidden_size": {"choice": [8, 16]},
+                "model.architecture": {"choice": ["lstm", "gru"]},
+            }
+        },
+    )
+    assert check_spec(ok) == []
+    bad = spec(search={"space": {"model.architecture": {"choice": ["mlp", "cnn"]}}})
+    assert [e.loc for e in check_spec(bad)] == [("search", "space", "model.architecture")]
+
+
+KINDS: dict[str, str | None] = {"x": "numeric", "img": "array", "seq": "array", "y": "categorical"}
+SHAPES: dict[str, list[int] | None] = {"x": None, "img": [8, 8], "seq": [32], "y": None}
+
+
+@pytest.mark.parametrize(
+    ("model", "features", "loc", "match"),
+    [
+        ({"architecture": "cnn"}, ["x"], ("model", "architecture"), "needs an image column"),
+        ({"architecture": "lstm"}, ["x"], ("model", "architecture"), "needs a sequence column"),
+        ({"architecture": "cnn"}, ["img", "x"], ("dataset", "features"), "exactly one array"),
+        ({"architecture": "cnn"}, ["seq"], ("dataset", "features"), "reads 2-D or 3-D"),
+        ({"architecture": "gru"}, ["seq"], None, None),
+        ({"architecture": "cnn"}, ["img"], None, None),
+        ({"architecture": "transformer"}, ["x"], None, None),
+        ({"architecture": "mlp"}, ["img", "x"], None, None),
+    ],
+)
+def test_architectures_are_checked_against_the_input_columns(
+    model: dict[str, Any], features: list[str], loc: tuple[str, ...] | None, match: str | None
+) -> None:
+    s = spec(model=model, dataset={"id": "d", "target": "y", "features": features})
+    errors = check_model_inputs(s, KINDS, SHAPES)
+    if loc is None:
+        assert errors == []
+    else:
+        assert [e.loc for e in errors] == [loc] and match in errors[0].msg
+
+
+def test_image_augmentation_needs_a_cnn() -> None:
+    s = spec(preprocessing={"augmentation": {"flip": True, "noise_std": 0.1}})
+    errors = check_model_inputs(s, {"x": "numeric", "y": "categorical"}, {})
+    assert [e.loc for e in errors] == [("preprocessing", "augmentation", "flip")]
+
+
+def test_split_methods_need_their_column() -> None:
+    with pytest.raises(ValidationError, match="needs 'column'"):
+        spec(dataset={"id": "d", "target": "y", "split": {"method": "group"}})
+    s = spec(dataset={"id": "d", "target": "y", "split": {"method": "time", "column": "t"}})
+    assert feature_columns(s, ["a", "t", "y"]) == ["a"]
+    assert SplitSpec(stratify=False).resolved_method("classification") == "random"
+    assert SplitSpec().resolved_method("regression") == "random"
