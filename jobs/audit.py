@@ -528,6 +528,15 @@ def run_audit(
             **method,
             "outcome": "binary: 1 where the class is the favourable outcome "
             f"({positive_label!r}), 0 for every other class",
+            # The engine words this in its own include/exclude terms; the spec's are these.
+            "small_groups": f"groups below min_group_count ({options.min_group_count} rows) "
+            f"are flagged 'small'; policy '{options.small_groups}': "
+            + (
+                "they are left out of the disparities the checks judge (overall still counts "
+                "every row)"
+                if options.small_groups == "skip"
+                else "they stay in the disparities, and every check of their section fails"
+            ),
             "unknown_group": "rows missing a sensitive value (null, NaN or blank text) form "
             f"the group '{UNKNOWN_GROUP}'",
             "checks": GATE_METHOD,

@@ -264,6 +264,25 @@ def jobs_cancel(
         _fail(exc)
 
 
+@jobs_app.command("report")
+def jobs_report(
+    job_id: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write")] = Path("audit.html"),
+    pdf: Annotated[
+        bool, typer.Option("--pdf", help="A PDF (needs Chromium on the API host)")
+    ] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """Save the job's audit report: one self-contained HTML page (or --pdf)."""
+    try:
+        data = _client(url, token).audit_report(job_id, "pdf" if pdf else "html")
+    except CrucibleError as exc:
+        _fail(exc)
+    out.write_bytes(data)
+    console.print(f"wrote {out} ({len(data)} bytes)")
+
+
 @app.command()
 def promote(
     job_id: str,

@@ -117,6 +117,20 @@ class Crucible:
     def audit(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/audit")
 
+    def audit_report(self, job_id: str, format: str = "html") -> bytes:
+        """The job's audit as a self-contained HTML page, or its PDF print."""
+        r = self.http.get(f"/v1/jobs/{job_id}/audit.html", params={"format": format})
+        if r.status_code >= 400:
+            raise CrucibleError(r.status_code, r.json())
+        return r.content
+
+    def create_audit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Audit predictions in a registered dataset (see POST /v1/audits)."""
+        return self._call("POST", "/v1/audits", json=request)
+
+    def get_audit(self, audit_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/audits/{audit_id}")
+
     def wait(
         self, job_id: str, timeout: float = 1800, poll: float = 1.0, on_poll: Any = None
     ) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def run_demo(client: Crucible, console: Console) -> int:
     for c in audit["checks"]:
         mark = "[green]pass[/]" if c["passed"] else "[red]FAIL[/]"
         console.print(f"  {mark} {escape(c['reason'])}")
+    console.print(f"  report: crucible jobs report {job['id']} -o audit.html")
 
     console.print("[bold]Promoting[/] to endpoint 'adult' ...")
     promo = client.promote(job["id"], "adult")

@@ -265,6 +265,7 @@ def test_small_groups_are_skipped_or_fail_by_policy() -> None:
     assert c["excluded_groups"] == ["unknown"]
     assert c["value"] == pytest.approx(0.5)  # a 0.5 vs b 0.25, unknown left out
     assert "Left out as small" in c["reason"]
+    assert "policy 'skip'" in skip["method"]["small_groups"]
 
     fail = audit(min_group_count=3, small_groups="fail", thresholds={"demographic_parity_ratio": 0})
     c = check(fail, metric="demographic_parity_ratio")

@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from fairlearn.metrics import demographic_parity_ratio, equalized_odds_difference
-from fastapi.testclient import TestClient
 
-from services.api.app import create_app
-from services.config import Settings
+from tests.services.conftest import Client
 
-TOKEN = "test-admin-token"
 SEP = " \u00d7 "
 N = 600
-
-
-class Client:
-    def __init__(self, client: TestClient) -> None:
-        self.c = client
-        self.h = {"Authorization": f"Bearer {TOKEN}"}
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.c.get(path, headers=self.h, **kw)
-
-    def post(self, path: str, **kw: Any) -> Any:
-        return self.c.post(path, headers=self.h, **kw)
-
-    def upload(self, name: str, table: pa.Table) -> str:
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        r = self.post(
-            "/v1/datasets", files={"file": (f"{name}.parquet", buf.getvalue())}, data={"name": name}
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["id"])
-
-    def audits(self) -> int:
-        return int(self.get("/v1/audits").json()["total"])
-
-
-@pytest.fixture
-def api(database_url: str, tmp_path: Path) -> Iterator[Client]:
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        bootstrap_token=TOKEN,  # type: ignore[arg-type]
-        ray_dashboard_url="http://127.0.0.1:9",
-    )
-    with TestClient(create_app(settings, reconcile=False)) as client:
-        yield Client(client)
 
 
 def predictions() -> pa.Table:
@@ -97,10 +54,10 @@ def body(dataset_id: str, **over: Any) -> dict[str, Any]:
     return base
 
 
-def test_audit_of_uploaded_predictions(api: Client) -> None:
+def test_audit_of_uploaded_predictions(client: Client) -> None:
     table = predictions()
-    ds = api.upload("preds", table)
-    r = api.post(
+    ds = client.upload("preds", table)
+    r = client.post(
         "/v1/audits",
         json=body(
             ds,
@@ -146,20 +103,20 @@ def test_audit_of_uploaded_predictions(api: Client) -> None:
     assert all(c["reason"] for c in doc["checks"])
 
     # Stored: the same document comes back, and the list shows it.
-    again = api.get(f"/v1/audits/{doc['id']}").json()
+    again = client.get(f"/v1/audits/{doc['id']}").json()
     assert again == doc
-    listed = api.get("/v1/audits").json()
+    listed = client.get("/v1/audits").json()
     assert listed["total"] == 1 and listed["items"][0]["passed"] is False
 
 
-def test_zero_one_columns_and_csv_upload(api: Client) -> None:
+def test_zero_one_columns_and_csv_upload(client: Client) -> None:
     csv = b"y,p,g\n" + b"".join(
         f"{i % 2},{(i // 2) % 2},{'ab'[i % 3 == 0]}\n".encode() for i in range(90)
     )
-    r = api.post("/v1/datasets", files={"file": ("p.csv", csv)}, data={"name": "csvpreds"})
+    r = client.post("/v1/datasets", files={"file": ("p.csv", csv)}, data={"name": "csvpreds"})
     assert r.status_code == 201, r.text
     ds = r.json()["id"]
-    r = api.post(
+    r = client.post(
         "/v1/audits",
         json={
             "dataset_id": ds,
@@ -201,25 +158,25 @@ def test_zero_one_columns_and_csv_upload(api: Client) -> None:
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_stored(
-    api: Client, over: dict[str, Any], status: int, loc: list[Any], needle: str
+    client: Client, over: dict[str, Any], status: int, loc: list[Any], needle: str
 ) -> None:
-    ds = api.upload("preds", predictions())
-    r = api.post("/v1/audits", json={**body(ds), **over})
+    ds = client.upload("preds", predictions())
+    r = client.post("/v1/audits", json={**body(ds), **over})
     assert r.status_code == status, r.text
     fields = r.json()["fields"]
     assert loc in [f["loc"] for f in fields], fields
     assert needle in " ".join(f["msg"] for f in fields), fields
-    assert api.audits() == 0
+    assert client.audits() == 0
 
 
-def test_predictions_as_float_zero_one_against_text_labels_are_refused(api: Client) -> None:
-    ds = api.upload("preds", predictions())
-    r = api.post("/v1/audits", json=body(ds, prediction_column="pred_float"))
+def test_predictions_as_float_zero_one_against_text_labels_are_refused(client: Client) -> None:
+    ds = client.upload("preds", predictions())
+    r = client.post("/v1/audits", json=body(ds, prediction_column="pred_float"))
     assert r.status_code == 422
     assert r.json()["fields"][0]["loc"] == ["prediction_column"]
-    assert api.audits() == 0
+    assert client.audits() == 0
 
 
-def test_unknown_audit_is_404(api: Client) -> None:
-    r = api.get("/v1/audits/aud_nope")
+def test_unknown_audit_is_404(client: Client) -> None:
+    r = client.get("/v1/audits/aud_nope")
     assert r.status_code == 404 and r.json()["error"] == "not_found"

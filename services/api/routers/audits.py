@@ -3,9 +3,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, status
+from fastapi.responses import HTMLResponse, Response
 
 from services.api.deps import CurrentUser, ServicesDep
+from services.api.reports import ReportFormat, respond
 from services.core import audits as audit_service
+from services.core import report
 from services.store.repositories import AuditRepository
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
@@ -48,6 +51,18 @@ def list_audits(
             "limit": limit,
             "offset": offset,
         }
+
+
+# Declared before /{audit_id}, which would otherwise take "aud_x.html" as an id.
+@router.get("/{audit_id}.html", response_class=HTMLResponse)
+def audit_report(
+    audit_id: str, services: ServicesDep, _: CurrentUser, fmt: ReportFormat = "html"
+) -> Response:
+    """The audit as a self-contained HTML report (plots, summary, model card); ?format=pdf."""
+    with services.db.session() as s:
+        audit = audit_service.get_audit(s, audit_id)
+        page = report.render(audit.document, report.predictions_card(s, audit))
+    return respond(page, fmt, f"audit-{audit_id}")
 
 
 @router.get("/{audit_id}")

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.api.deps import CurrentUser, ServicesDep
+from services.api.reports import ReportFormat, respond
 from services.core import jobs as job_service
+from services.core import report
 from services.core.errors import DomainError, Invalid
 from services.core.promotion import promote
 from services.core.states import TERMINAL
@@ -116,6 +118,19 @@ def job_audit(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, A
     """Fairness audit of the best model on the test split."""
     with services.db.session() as s:
         return job_service.require_result(job_service.get_job(s, job_id), "audit")
+
+
+@router.get("/{job_id}/audit.html", response_class=HTMLResponse)
+def job_audit_report(
+    job_id: str, services: ServicesDep, _: CurrentUser, fmt: ReportFormat = "html"
+) -> Response:
+    """The audit as a self-contained HTML report (plots, summary, model card); ?format=pdf."""
+    with services.db.session() as s:
+        job = job_service.get_job(s, job_id)
+        doc = job_service.require_result(job, "audit")
+        report.require_report_version(doc, f"job {job_id}")
+        page = report.render(doc, report.job_card(s, job))
+    return respond(page, fmt, f"audit-{job_id}")
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
