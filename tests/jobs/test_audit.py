@@ -363,3 +363,38 @@ def test_blank_text_is_missing_like_null() -> None:
     for values in (sex, as_text):
         g = groups_of(audit(sensitive={"sex": values}))
         assert list(g) == ["a", "b", "unknown"] and g["unknown"]["count"] == 2
+
+
+def test_a_plain_model_on_adult_fails_the_default_gate_by_sex() -> None:
+    # The acceptance case on the built-in data: a plain classifier that never sees
+    # sex still selects women far less often, which the four-fifths default must catch.
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from jobs.datasets import BUILTIN
+
+    frame = pq.read_table(BUILTIN["adult"].path).to_pandas()
+    numeric = ["age", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+    x = pd.concat(
+        [frame[numeric], pd.get_dummies(frame[["occupation", "marital_status"]].fillna("?"))],
+        axis=1,
+    ).to_numpy(dtype=float)
+    y = (frame["income"] == ">50K").to_numpy().astype(int)
+    test = np.random.default_rng(7).random(len(y)) < 0.3
+    scaler = StandardScaler().fit(x[~test])
+    model = LogisticRegression(max_iter=500).fit(scaler.transform(x[~test]), y[~test])
+    pred = model.predict(scaler.transform(x[test]))
+    sensitive = {name: frame[name].to_numpy(dtype=object)[test] for name in ("sex", "race")}
+    doc = run_audit(
+        y[test],
+        pred,
+        sensitive,
+        AuditSpec(sensitive_features=["sex", "race"]),
+        positive_label=">50K",
+    )
+    by_sex = check(doc, feature="sex", metric="demographic_parity_ratio")
+    assert not by_sex["passed"] and by_sex["value"] < 0.8
+    assert by_sex["decided_by"]["lowest"]["group"] == "Female"
+    assert doc["passed"] is False
+    assert f"sex{SEP}race" in doc["features"]
