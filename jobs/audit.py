@@ -29,6 +29,7 @@ from jobs.fairness import (
     FairnessInputError,
     GroupIndex,
     audit_classification,
+    audit_regression,
     confusion_counts,
     encode_groups,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "AuditInputError",
     "binary_outcomes",
     "run_audit",
+    "run_regression_audit",
     "section_name",
 ]
 
@@ -541,4 +543,46 @@ def run_audit(
             f"the group '{UNKNOWN_GROUP}'",
             "checks": GATE_METHOD,
         },
+    }
+
+
+def run_regression_audit(
+    y_true: Any, y_pred: Any, sensitive: Mapping[str, Any], options: AuditOptions
+) -> dict[str, Any]:
+    """Per-group errors of a regression model (count, MAE, RMSE, mean prediction and mean
+    target, with bootstrap intervals) for each sensitive feature and intersection, and the
+    spread of MAE and mean prediction between groups.
+
+    Informational: the gates are defined on favourable outcomes, which a regression has not,
+    so ``passed`` is None and there are no checks.
+    """
+    b = options.bootstrap
+    sections: dict[str, Any] = {}
+    for features in options.sections():
+        try:
+            index = encode_groups(
+                {f: _blank_as_missing(sensitive[f]) for f in features}, intersect=len(features) > 1
+            )
+            result = audit_regression(
+                y_true,
+                y_pred,
+                index,
+                min_group_size=options.min_group_count,
+                small_groups="exclude" if options.small_groups == "skip" else "include",
+                n_resamples=b.resamples,
+                confidence=b.confidence,
+                seed=b.seed,
+            )
+        except FairnessInputError as exc:
+            raise AuditInputError(f"sensitive:{features[0]}", str(exc)) from exc
+        sections[section_name(features)] = result.as_dict()
+    return {
+        "version": AUDIT_VERSION,
+        "kind": "regression",
+        "num_rows": len(y_true),
+        "passed": None,
+        "checks": [],
+        "features": sections,
+        "note": "a regression audit reports errors by group; the disparity gates apply to "
+        "classification outcomes, so nothing here passes or fails",
     }

@@ -21,6 +21,7 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load_file, save_file
 
+from jobs.data import DataError
 from jobs.models import build_model
 from jobs.preprocess import Preprocessor
 from jobs.spec import ModelSpec, Task
@@ -49,10 +50,24 @@ class OutputHead:
     center: float = 0.0
     scale: float = 1.0
     threshold: float | None = None
+    # A mitigated classifier: {"feature", "positive" (class index), "groups": thresholds}
+    group_thresholds: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, target: Any, threshold: float | None = None) -> OutputHead:
-        return cls(target.task, list(target.classes), target.center, target.scale, threshold)
+    def of(
+        cls,
+        target: Any,
+        threshold: float | None = None,
+        group_thresholds: dict[str, Any] | None = None,
+    ) -> OutputHead:
+        return cls(
+            target.task,
+            list(target.classes),
+            target.center,
+            target.scale,
+            threshold,
+            group_thresholds,
+        )
 
     def n_outputs(self, preprocessor: Preprocessor) -> int:
         if self.task == "regression":
@@ -83,8 +98,14 @@ def save_bundle(
         "classes": head.classes,
         "target": {"center": head.center, "scale": head.scale},
         "threshold": head.threshold,
+        "group_thresholds": head.group_thresholds,
         "preprocessing": preprocessor.to_json(),
-        "input_signature": preprocessor.input_signature(),
+        "input_signature": preprocessor.input_signature()
+        + (
+            [{"name": head.group_thresholds["feature"], "kind": "sensitive"}]
+            if head.group_thresholds
+            else []
+        ),
         "sample_rows": sample_rows,
         "weights_sha256": sha256_file(weights),
         "metadata": metadata,
@@ -134,6 +155,8 @@ class Predictor:
                 "anomaly_scores": [float(v) for v in extra],
                 "threshold": self.head.threshold,
             }
+        if self.head.group_thresholds is not None:
+            codes = self._thresholded(instances, extra)
         return {
             "predictions": [self.classes[i] for i in codes],
             "probabilities": [
@@ -141,8 +164,37 @@ class Predictor:
             ],
         }
 
+    def _thresholded(self, instances: list[dict[str, Any]], probs: np.ndarray) -> np.ndarray:
+        """A mitigated model's decisions: its group's thresholds on the favourable class's
+        probability. Where fairlearn's thresholds mix two, the draw is seeded by the request's
+        rows, so the same request always gets the same answer."""
+        from jobs.mitigation import apply_decisions, positive_probability
 
-def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predictor:
+        g = self.head.group_thresholds
+        assert g is not None
+        feature, pos = g["feature"], int(g["positive"])
+        values = []
+        for i, rec in enumerate(instances):
+            if feature not in rec:
+                raise DataError(
+                    f"instances[{i}] is missing column '{feature}': this model applies "
+                    "thresholds per group of it"
+                )
+            values.append(rec[feature])
+        try:
+            chance = positive_probability(g["groups"], probs[:, pos], np.array(values, object))
+        except ValueError as exc:
+            raise DataError(f"{feature}: {exc}") from exc
+        seed = int.from_bytes(
+            hashlib.sha256(json.dumps(instances, sort_keys=True, default=str).encode()).digest()[:8]
+        )
+        return np.where(apply_decisions(chance, seed), pos, 1 - pos)
+
+
+def read_bundle(
+    folder: Path | str, expected_digest: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A bundle's manifest and weights, after checking both against their digests."""
     folder = Path(folder)
     try:
         data = (folder / MANIFEST).read_bytes()
@@ -156,6 +208,11 @@ def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predi
     weights = folder / WEIGHTS
     if sha256_file(weights) != manifest["weights_sha256"]:
         raise BundleError(f"{weights} does not match the digest in {MANIFEST}")
+    return manifest, load_file(str(weights))
+
+
+def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predictor:
+    manifest, weights = read_bundle(folder, expected_digest)
     pre = Preprocessor.from_json(manifest["preprocessing"])
     target = manifest.get("target") or {}
     head = OutputHead(
@@ -164,10 +221,11 @@ def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predi
         target.get("center", 0.0),
         target.get("scale", 1.0),
         manifest.get("threshold"),
+        manifest.get("group_thresholds"),
     )
     model = build_model(
         _MODEL_SPEC.validate_python(manifest["model"]), pre.example_shape, head.n_outputs(pre)
     )
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(weights)
     model.eval()
     return Predictor(model, pre, head, manifest)

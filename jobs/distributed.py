@@ -36,7 +36,9 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     data: TrainData = cfg["data"]
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     # Same seed on every rank: identical initial weights, and DDP keeps them identical.
-    model = init_model(spec.model, spec.training, data.example_shape, data.task.n_outputs)
+    model = init_model(
+        spec.model, spec.training, data.example_shape, data.task.n_outputs, data.init_state
+    )
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     resume: TrainState | None = None

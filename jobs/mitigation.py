@@ -10,8 +10,9 @@ Only scores and groups are needed, never the model: the scores stand in as the i
 favourable class. Applying the thresholds needs each row's group, so a mitigated model needs
 the sensitive feature at prediction time.
 
-Not yet wired into the job driver or the serving bundle (``audit.mitigation`` does not exist
-yet); :func:`fit_group_thresholds` and :func:`apply_group_thresholds` are the building blocks.
+The job driver fits them when the spec asks (``audit.mitigation``); the serving bundle of the
+mitigated candidate carries them as plain JSON (:func:`thresholds_json`), never as a pickled
+fairlearn object, and :func:`positive_probability` applies that JSON exactly as fairlearn would.
 """
 
 from __future__ import annotations
@@ -91,3 +92,47 @@ def apply_group_thresholds(optimizer: Any, scores: Any, groups: Any, seed: int =
     s = _scores(scores)
     out = optimizer.predict(s[:, None], sensitive_features=_groups(groups), random_state=seed)
     return np.asarray(out, dtype=np.int8)
+
+
+def thresholds_json(optimizer: Any) -> dict[str, dict[str, Any]]:
+    """The fitted thresholds as JSON: per group, fairlearn's two threshold operations and the
+    probabilities of applying each (their mix is the chance of a favourable decision)."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, d in optimizer.interpolated_thresholder_.interpolation_dict.items():
+        out[str(group)] = {
+            "p0": float(d["p0"]),
+            "operator0": d["operation0"]._operator,
+            "threshold0": float(d["operation0"]._threshold),
+            "p1": float(d["p1"]),
+            "operator1": d["operation1"]._operator,
+            "threshold1": float(d["operation1"]._threshold),
+        }
+    return out
+
+
+def positive_probability(
+    thresholds: dict[str, dict[str, Any]], scores: Any, groups: Any
+) -> np.ndarray:
+    """The chance of a favourable decision for each row; a group the thresholds do not know
+    is a ValueError naming it."""
+    s = _scores(scores)
+    g = _groups(groups)
+    out = np.zeros(s.shape[0])
+    for name in np.unique(g).tolist():
+        if name not in thresholds:
+            raise ValueError(f"group '{name}' was not seen when the thresholds were fitted")
+        t = thresholds[name]
+        rows = g == name
+        for k in ("0", "1"):
+            fires = (
+                s[rows] > t[f"threshold{k}"]
+                if t[f"operator{k}"] == ">"
+                else (s[rows] < t[f"threshold{k}"])
+            )
+            out[rows] += t[f"p{k}"] * fires
+    return out
+
+
+def apply_decisions(chance: np.ndarray, seed: int) -> np.ndarray:
+    """Favourable or not per row, drawn with each row's chance (seeded, so reproducible)."""
+    return np.random.default_rng(seed).random(chance.shape[0]) < chance

@@ -8,6 +8,7 @@ the model bundle and reports every step as progress events.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,7 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from jobs.bundle import OutputHead, save_bundle
+from jobs.bundle import BundleError, OutputHead, read_bundle, save_bundle
+from jobs.checkpoint import StateDict
 from jobs.data import Columns, DataError, is_missing, read_columns, split_indices, take
 from jobs.datasets import resolve_uri
 from jobs.evaluate import evaluate, evaluate_anomalies, evaluate_regression
@@ -42,6 +44,7 @@ class Manifest:
     dataset_uri: str
     dataset_sha256: str
     job_dir: Path
+    parent: dict[str, Any] | None = None  # transfer learning: model_id, bundle_uri, digest
 
     @classmethod
     def load(cls, artifact_root: str, job_id: str) -> Manifest:
@@ -53,6 +56,7 @@ class Manifest:
             dataset_uri=raw["dataset"]["uri"],
             dataset_sha256=raw["dataset"]["sha256"],
             job_dir=job_dir,
+            parent=raw.get("parent"),
         )
 
 
@@ -68,6 +72,7 @@ class Prepared:
     preprocessor: Preprocessor
     test_features: Columns
     test_sensitive: Columns
+    val_sensitive: Columns
     split_sizes: dict[str, int]
 
     @property
@@ -165,6 +170,7 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
         preprocessor=pre,
         test_features=test_features,
         test_sensitive=take(sens_cols, split.test),
+        val_sensitive=take(sens_cols, split.validation),
         split_sizes={
             "train": len(split.train),
             "validation": len(split.validation),
@@ -203,7 +209,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     # fairlearn (with sklearn and pandas) alone costs over a second of start-up.
     import ray
 
-    from jobs.audit import AuditInputError, run_audit
+    from jobs.audit import AuditInputError, run_audit, run_regression_audit
     from jobs.search import rebuild, run_search
 
     prepared = prepare(manifest.spec, manifest.dataset_uri)
@@ -216,9 +222,12 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         split_sizes=prepared.split_sizes,
         classes=prepared.classes,
     )
+    data = prepared.train
+    if manifest.parent is not None:
+        data = dataclasses.replace(data, init_state=parent_weights(manifest.parent, spec))
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    best = run_search(spec, prepared.train, manifest.job_dir / "tune", manifest.job_id, sink)
+    best = run_search(spec, data, manifest.job_dir / "tune", manifest.job_id, sink)
 
     model = rebuild(
         spec,
@@ -241,10 +250,21 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
                 positive_label=prepared.classes[prepared.positive],
             )
         elif spec.audit.sensitive_features:
-            audit = regression_audit(prepared.target.decode(prepared.y_test), pred, prepared)
+            audit = run_regression_audit(
+                prepared.target.decode(prepared.y_test),
+                pred,
+                prepared.test_sensitive,
+                spec.audit,
+            )
     except AuditInputError as exc:
         # e.g. a sensitive column with one value in the test split: the job fails saying so.
         raise DataError(f"the fairness audit cannot run on the test split: {exc}") from exc
+    if spec.audit.mitigation is not None and audit is not None:
+        audit["mitigation"] = mitigated_candidate(prepared, model, spec, best, manifest)
+        audit["mitigation"]["compared_with"] = {
+            "accuracy": evaluation.get("accuracy"),
+            "passed": audit["passed"],
+        }
     bundle_dir = manifest.job_dir / "model"
     digest = save_bundle(
         bundle_dir,
@@ -257,6 +277,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
             "job_id": manifest.job_id,
             "trial_id": best.trial_id,
             "dataset_sha256": manifest.dataset_sha256,
+            "parent_model_id": (manifest.parent or {}).get("model_id"),
         },
     )
     return {
@@ -265,6 +286,101 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         "audit": audit,
         "bundle": {"uri": str(bundle_dir), "digest": digest},
     }
+
+
+def mitigated_candidate(
+    prepared: Prepared, model: torch.nn.Module, spec: JobSpec, best: Any, manifest: Manifest
+) -> dict[str, Any]:
+    """The best model with per-group thresholds (fairlearn's ThresholdOptimizer) fitted on the
+    validation split, evaluated and audited on the test split like the original, and written
+    as a bundle of its own that applies the thresholds when serving."""
+    from jobs.audit import run_audit
+    from jobs.mitigation import (
+        apply_decisions,
+        fit_group_thresholds,
+        positive_probability,
+        thresholds_json,
+    )
+
+    m = spec.audit.mitigation
+    feature = spec.audit.mitigation_feature
+    assert m is not None and feature is not None
+    if len(prepared.classes) != 2:
+        raise DataError(
+            f"audit.mitigation needs a target with two classes; it has {len(prepared.classes)}"
+        )
+    pos, data = prepared.positive, prepared.train
+
+    def scores(x: np.ndarray) -> np.ndarray:
+        return torch.softmax(predict_logits(model, x), dim=1)[:, pos].numpy().astype(np.float64)
+
+    try:
+        optimizer = fit_group_thresholds(
+            scores(data.x_val),
+            (data.y_val == pos).astype(np.int64),
+            prepared.val_sensitive[feature],
+            constraint=m.constraint,
+            objective=m.objective,
+        )
+        thresholds = thresholds_json(optimizer)
+        chance = positive_probability(
+            thresholds, scores(prepared.x_test), prepared.test_sensitive[feature]
+        )
+    except ValueError as exc:
+        raise DataError(f"audit.mitigation: {exc}") from exc
+    favourable = apply_decisions(chance, seed=spec.audit.bootstrap.seed)
+    pred = np.where(favourable, pos, 1 - pos)
+    majority = int(np.bincount(data.y_train, minlength=2).argmax())
+    evaluation = evaluate(prepared.y_test, pred, prepared.classes, pos, majority)
+    audit = run_audit(
+        (prepared.y_test == pos).astype(np.int8),
+        favourable.astype(np.int8),
+        prepared.test_sensitive,
+        spec.audit,
+        positive_label=prepared.classes[pos],
+    )
+    group_thresholds = {"feature": feature, "positive": pos, "groups": thresholds}
+    folder = manifest.job_dir / "model-mitigated"
+    digest = save_bundle(
+        folder,
+        best.state,
+        effective_spec(spec, best.config).model,
+        prepared.preprocessor,
+        OutputHead.of(prepared.target, group_thresholds=group_thresholds),
+        records({**prepared.test_features, feature: prepared.test_sensitive[feature]}, 5),
+        metadata={
+            "job_id": manifest.job_id,
+            "trial_id": best.trial_id,
+            "dataset_sha256": manifest.dataset_sha256,
+            "candidate": "mitigated",
+        },
+    )
+    return {
+        "method": m.method,
+        "feature": feature,
+        "constraint": m.constraint,
+        "objective": m.objective,
+        "fitted_on": "validation split",
+        "thresholds": thresholds,
+        "evaluation": evaluation,
+        "audit": audit,
+        "bundle": {"uri": str(folder), "digest": digest},
+        "serving_note": f"a prediction request for this candidate must carry '{feature}'",
+    }
+
+
+def parent_weights(parent: dict[str, Any], spec: JobSpec) -> StateDict:
+    """The weights a transfer-learning job starts from, checked against their digest."""
+    try:
+        manifest, weights = read_bundle(parent["bundle_uri"], parent["bundle_digest"])
+    except BundleError as exc:
+        raise DataError(f"model.init_from: {exc}") from exc
+    if manifest["model"]["architecture"] != spec.model.architecture:
+        raise DataError(
+            f"model.init_from: model {parent['model_id']} is a "
+            f"{manifest['model']['architecture']}, this job trains a {spec.model.architecture}"
+        )
+    return weights
 
 
 def evaluate_best(
@@ -304,35 +420,6 @@ def evaluate_best(
     majority = int(np.bincount(data.y_train, minlength=len(target.classes)).argmax())
     doc = evaluate(prepared.y_test, pred, target.classes, target.positive, majority)
     return doc, pred, {}
-
-
-def regression_audit(y_true: np.ndarray, y_pred: np.ndarray, prepared: Prepared) -> dict[str, Any]:
-    """Per-group error of a regression model: count, MAE, RMSE and mean prediction for each
-    group of each sensitive feature (missing values as an explicit 'unknown' group), and the
-    largest gap in MAE between groups. Informational: the disparity gates are defined on
-    classification outcomes."""
-    sections = []
-    for name, values in prepared.test_sensitive.items():
-        keys = np.array(["unknown" if v is None else str(v) for v in values], dtype=object)
-        groups = []
-        for g in sorted(set(keys.tolist())):
-            m = keys == g
-            err = y_pred[m] - y_true[m]
-            groups.append(
-                {
-                    "group": g,
-                    "count": int(m.sum()),
-                    "mae": float(np.abs(err).mean()),
-                    "rmse": float(np.sqrt((err**2).mean())),
-                    "mean_prediction": float(y_pred[m].mean()),
-                    "mean_target": float(y_true[m].mean()),
-                }
-            )
-        maes = [g["mae"] for g in groups]
-        sections.append(
-            {"features": [name], "groups": groups, "mae_difference": max(maes) - min(maes)}
-        )
-    return {"task": "regression", "passed": None, "sections": sections, "checks": []}
 
 
 def main(argv: list[str]) -> int:

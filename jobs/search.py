@@ -161,7 +161,9 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
         return
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     device = torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
-    model = init_model(spec.model, spec.training, data.example_shape, data.task.n_outputs)
+    model = init_model(
+        spec.model, spec.training, data.example_shape, data.task.n_outputs, data.init_state
+    )
     model.to(device)
     resume = _resume_state(tune.get_checkpoint())
     start_epoch = resume.epoch if resume is not None else 0

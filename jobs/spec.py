@@ -181,9 +181,34 @@ class PreprocessingSpec(_Strict):
 
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"]
+MODEL_ID_PATTERN = r"^mdl_[A-Za-z0-9_-]{1,60}$"
 
 
-class MLPSpec(_Strict):
+class _ModelBase(_Strict):
+    init_from: str | None = Field(
+        None,
+        pattern=MODEL_ID_PATTERN,
+        description="Transfer learning: start from the weights of this registered model (see "
+        "GET /v1/models), which must have the same architecture and input shape. Layers whose "
+        "shape differs (a head for other classes) start fresh. The new model's lineage records "
+        "the parent.",
+    )
+    freeze: list[Literal["body", "head"]] = Field(
+        default_factory=list,
+        description="Layer groups to keep fixed while training: body (everything before the "
+        "output layer; the encoder of an autoencoder) or head. Needs init_from.",
+    )
+
+    @model_validator(mode="after")
+    def _freeze_needs_parent(self) -> _ModelBase:
+        if self.freeze and self.init_from is None:
+            raise ValueError("freeze keeps pretrained layers fixed: it needs init_from")
+        if len(set(self.freeze)) == 2:
+            raise ValueError("freezing body and head leaves nothing to train")
+        return self
+
+
+class MLPSpec(_ModelBase):
     """Fully connected layers; the default for tables."""
 
     architecture: Literal["mlp"] = Field("mlp", description="Model family.")
@@ -200,7 +225,7 @@ class MLPSpec(_Strict):
     )
 
 
-class CNNSpec(_Strict):
+class CNNSpec(_ModelBase):
     """Convolution blocks over an image column, then global average pooling and a linear head."""
 
     architecture: Literal["cnn"] = Field(description="Model family.")
@@ -226,7 +251,7 @@ class CNNSpec(_Strict):
         return value
 
 
-class RNNSpec(_Strict):
+class RNNSpec(_ModelBase):
     """A recurrent network over a sequence column; the last step's state feeds the head."""
 
     architecture: Literal["lstm", "gru"] = Field(description="Model family: lstm or gru.")
@@ -238,7 +263,7 @@ class RNNSpec(_Strict):
     )
 
 
-class TransformerSpec(_Strict):
+class TransformerSpec(_ModelBase):
     """A transformer encoder over the steps of a sequence, or over the features of a table (each
     feature becomes a token), mean-pooled into a linear head."""
 
@@ -256,7 +281,7 @@ class TransformerSpec(_Strict):
         return self
 
 
-class AutoencoderSpec(_Strict):
+class AutoencoderSpec(_ModelBase):
     """Anomaly detection: learns to reconstruct normal rows; a row it reconstructs badly (error
     above a threshold set on validation data) is an anomaly."""
 
@@ -634,10 +659,53 @@ class AuditOptions(_Strict):
         return [[name] for name in self.sensitive_features] + [list(c) for c in combos]
 
 
+class MitigationSpec(_Strict):
+    """A second, mitigated candidate next to the best model (binary classification)."""
+
+    method: Literal["threshold_optimizer"] = Field(
+        "threshold_optimizer",
+        description="fairlearn's ThresholdOptimizer: a threshold on the model's score per group "
+        "of one sensitive feature, fitted on the validation split, judged on the test split.",
+    )
+    feature: str | None = Field(
+        None, description="The sensitive feature whose groups get thresholds; default the first."
+    )
+    constraint: Literal[
+        "demographic_parity",
+        "equalized_odds",
+        "true_positive_rate_parity",
+        "false_positive_rate_parity",
+    ] = Field("demographic_parity", description="What the thresholds equalise across groups.")
+    objective: Literal["accuracy_score", "balanced_accuracy_score"] = Field(
+        "accuracy_score", description="What the thresholds maximise under the constraint."
+    )
+
+
 class AuditSpec(AuditOptions):
     use_as_features: bool = Field(
         False, description="Also feed the sensitive columns to the model (off by default)."
     )
+    mitigation: MitigationSpec | None = Field(
+        None,
+        description="Also build a mitigated candidate, evaluated and audited beside the best "
+        "model, so the accuracy cost of fairness shows and either can be promoted. A mitigated "
+        "model needs the sensitive feature in every prediction request.",
+    )
+
+    @model_validator(mode="after")
+    def _mitigation_feature(self) -> AuditSpec:
+        m = self.mitigation
+        if m is not None:
+            if not self.sensitive_features:
+                raise ValueError("mitigation needs sensitive_features")
+            if m.feature is not None and m.feature not in self.sensitive_features:
+                raise ValueError(f"mitigation.feature '{m.feature}' is not a sensitive feature")
+        return self
+
+    @property
+    def mitigation_feature(self) -> str | None:
+        m = self.mitigation
+        return None if m is None else (m.feature or self.sensitive_features[0])
 
 
 class JobSpec(_Strict):
@@ -679,7 +747,10 @@ class JobSpec(_Strict):
         """This spec with its task settled (and the metric defaulted from it)."""
         if self.task == task:
             return self
-        return JobSpec.model_validate({**self.model_dump(mode="json"), "task": task})
+        # Only what the user set: checks that ask whether a field was given (num_trials on a
+        # grid) must see the same spec.
+        given = self.model_dump(mode="json", exclude_unset=True)
+        return JobSpec.model_validate({**given, "task": task})
 
     @property
     def resolved_task(self) -> Task:
@@ -848,6 +919,8 @@ def check_task(spec: JobSpec) -> list[FieldError]:
         errors.append(
             FieldError(("training", "class_weights"), "class weights need a classification task")
         )
+    if spec.audit.mitigation is not None and task != "classification":
+        errors.append(FieldError(("audit", "mitigation"), "mitigation needs a classification task"))
     aug = spec.preprocessing.augmentation
     if aug is not None and aug.mixup_alpha and task != "classification":
         errors.append(

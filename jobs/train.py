@@ -20,7 +20,7 @@ from torch import nn
 
 from jobs.augment import augment, mixup
 from jobs.checkpoint import StateDict, TrainState
-from jobs.models import build_model
+from jobs.models import build_model, freeze
 from jobs.spec import AugmentationSpec, LRScheduleSpec, TrainingSpec, natural_mode
 from jobs.tasks import Objective
 
@@ -46,6 +46,7 @@ class TrainData:
     n_classes: int
     objective: Objective | None = None  # None: classification into n_classes
     augmentation: AugmentationSpec | None = None
+    init_state: StateDict | None = None  # transfer learning: the parent model's weights
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -57,11 +58,43 @@ class TrainData:
 
 
 def init_model(
-    model_spec: Any, spec: TrainingSpec, example_shape: tuple[int, ...], out_features: int
+    model_spec: Any,
+    spec: TrainingSpec,
+    example_shape: tuple[int, ...],
+    out_features: int,
+    parent: StateDict | None = None,
 ) -> nn.Module:
-    """Build a model whose initial weights depend only on the spec's seed."""
+    """Build a model whose initial weights depend only on the spec's seed, or start from a
+    parent model's weights (transfer learning) with the spec's layer groups frozen."""
     torch.manual_seed(spec.seed)
-    return build_model(model_spec, example_shape, out_features)
+    model = build_model(model_spec, example_shape, out_features)
+    if parent is not None:
+        start_from(model, parent, list(getattr(model_spec, "freeze", [])))
+    return model
+
+
+def start_from(model: nn.Module, parent: StateDict, frozen: list[str]) -> list[str]:
+    """Load the parent's weights where they fit; return the names of those that start fresh
+    (a head for a different number of classes)."""
+    own = model.state_dict()
+    fits = {k: v for k, v in parent.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise TrainingError(
+            "model.init_from: none of the parent model's layers fit this model; is it the same "
+            "architecture on the same input?"
+        )
+    model.load_state_dict(fits, strict=False)
+    fresh = sorted(set(own) - set(fits))
+    for group in frozen:
+        if any(k.startswith(f"{group}.") for k in fresh):
+            raise TrainingError(
+                f"model.freeze: '{group}' differs from the parent's, so it has no pretrained "
+                "weights to keep fixed"
+            )
+    if fresh:
+        log.info("transfer learning: %d tensors start fresh: %s", len(fresh), fresh[:8])
+    freeze(model, frozen)
+    return fresh
 
 
 def make_optimizer(spec: TrainingSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from jobs.spec import natural_mode
 from services.client import FINAL, Crucible
 
 
@@ -64,7 +65,7 @@ def follow(client: Crucible, job_id: str, console: Console) -> dict[str, Any]:
     """Show the job's progress until it ends; return its final state."""
     job = client.job(job_id)
     spec = job["spec"]
-    metric = spec["search"]["metric"]
+    metric = spec["search"]["metric"] or "val_accuracy"
     total = planned_epochs(spec)
     bars: dict[str, TaskID] = {}
     last_id = 0
@@ -89,7 +90,7 @@ def follow(client: Crucible, job_id: str, console: Console) -> dict[str, Any]:
             leaderboard(
                 client.trials(job_id),
                 metric,
-                spec["search"].get("mode") or ("min" if metric.endswith("loss") else "max"),
+                spec["search"].get("mode") or natural_mode(metric),
             )
         )
     return job

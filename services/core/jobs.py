@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, object_session
 
+from jobs.bundle import MANIFEST
 from jobs.data import read_column
 from jobs.events import Event
 from jobs.spec import (
@@ -26,7 +29,12 @@ from services.core.errors import Conflict, Invalid, NotFound
 from services.core.ids import new_id
 from services.core.states import TERMINAL, can_transition, reopen, transition
 from services.store.models import Job, JobEvent, Trial, TrialEpoch, utcnow
-from services.store.repositories import EventRepository, JobRepository, TrialRepository
+from services.store.repositories import (
+    EventRepository,
+    JobRepository,
+    ModelRepository,
+    TrialRepository,
+)
 
 
 def pydantic_fields(exc: ValidationError) -> list[dict[str, Any]]:
@@ -52,6 +60,7 @@ def validate_spec(session: Session, raw: Any) -> JobSpec:
         spec = spec.with_task(infer_task(read_column(dataset.uri, target)))
     errors += check_spec(spec)
     errors += check_model_inputs(spec, kinds, shapes)
+    errors += _check_parent(session, spec)
     for name in feature_columns(spec, list(kinds)):
         if name in kinds and kinds[name] is None:
             errors.append(
@@ -64,6 +73,43 @@ def validate_spec(session: Session, raw: Any) -> JobSpec:
     if errors:
         raise Invalid("the job spec is invalid", [e.as_dict() for e in errors])
     return spec
+
+
+def _check_parent(session: Session, spec: JobSpec) -> list[FieldError]:
+    model_id = spec.model.init_from
+    if model_id is None:
+        return []
+    loc = ("model", "init_from")
+    parent = ModelRepository(session).get(model_id)
+    if parent is None:
+        return [FieldError(loc, f"no model '{model_id}' (see GET /v1/models)")]
+    try:
+        manifest = json.loads((Path(parent.bundle_uri) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return [FieldError(loc, f"the bundle of model '{model_id}' cannot be read")]
+    arch = manifest["model"]["architecture"]
+    if arch != spec.model.architecture:
+        return [
+            FieldError(
+                loc,
+                f"model '{model_id}' is a {arch}; weights only carry over to the same "
+                f"architecture, not {spec.model.architecture}",
+            )
+        ]
+    return []
+
+
+def parent_of(session: Session, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The model a job starts from (transfer learning), as its driver needs to find it."""
+    model_id = (spec.get("model") or {}).get("init_from")
+    parent = ModelRepository(session).get(model_id) if model_id else None
+    if parent is None:
+        return None
+    return {
+        "model_id": parent.id,
+        "bundle_uri": parent.bundle_uri,
+        "bundle_digest": parent.bundle_digest,
+    }
 
 
 def get_dataset_or_field_error(session: Session, dataset_id: str) -> Any:

@@ -132,7 +132,10 @@ def promote(
     return {"endpoint": endpoint, "model_id": model_id, "url": deployer.url(endpoint)}
 
 
-def model_view(m: ModelVersion) -> dict[str, Any]:
+def model_view(m: ModelVersion, job_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``job_spec``: the spec of the job that trained it, for the parent model it started from
+    (transfer learning) and its architecture."""
+    model = (job_spec or {}).get("model") or {}
     return {
         "id": m.id,
         "lineage": {
@@ -140,6 +143,7 @@ def model_view(m: ModelVersion) -> dict[str, Any]:
             "trial_id": m.trial_key,
             "dataset_id": m.dataset_id,
             "dataset_sha256": m.dataset_sha256,
+            "parent_model_id": model.get("init_from"),
         },
         "bundle_digest": m.bundle_digest,
         "metrics": m.metrics,

@@ -452,6 +452,41 @@ def _section_html(section: dict[str, Any]) -> str:
     )
 
 
+def _mitigation_html(doc: dict[str, Any]) -> str:
+    """The mitigated candidate beside the best model: what fairness costs in accuracy."""
+    m = doc.get("mitigation")
+    if not m:
+        return ""
+    mdoc, base = m["audit"], m.get("compared_with", {})
+    mine = {(c["feature"], c["metric"], c["method"]): c for c in mdoc["checks"]}
+
+    def verdict(passed: Any) -> str:
+        return '<span class="ok">passed</span>' if passed else '<span class="bad">failed</span>'
+
+    rows = [
+        f"<tr><td class=l>test accuracy</td><td>{_f(base.get('accuracy'))}</td>"
+        f"<td>{_f(m['evaluation'].get('accuracy'))}</td></tr>",
+        f"<tr><td class=l>audit</td><td>{verdict(doc['passed'])}</td>"
+        f"<td>{verdict(mdoc['passed'])}</td></tr>",
+    ]
+    for c in doc["checks"]:
+        other = mine.get((c["feature"], c["metric"], c["method"]))
+        if other is not None:
+            rows.append(
+                f"<tr><td class=l>{_e(c['feature'])}: {_e(c['metric'])}</td>"
+                f"<td>{_f(c['value'])}</td><td>{_f(other['value'])}</td></tr>"
+            )
+    return (
+        "<h2>Mitigated candidate</h2>"
+        f"<p>{_e(m['method'])} with the constraint {_e(m['constraint'])} on the groups of "
+        f"<b>{_e(m['feature'])}</b>, fitted on the {_e(m['fitted_on'])} and judged on the same "
+        f"test rows as the best model. Either can be promoted; {_e(m['serving_note'])}.</p>"
+        "<table><tr><th class=l></th><th>Best model</th><th>Mitigated</th></tr>"
+        f"{''.join(rows)}</table>"
+        + (checks_svg(mdoc["checks"]) + _checks_table(mdoc["checks"]) if mdoc["checks"] else "")
+    )
+
+
 def render(doc: dict[str, Any], card: ModelCard) -> str:
     """The whole report page."""
     passed = bool(doc["passed"])
@@ -485,6 +520,7 @@ def render(doc: dict[str, Any], card: ModelCard) -> str:
         f"<h2>Summary</h2><ul>{summary_html}</ul>"
         f"<h2>Checks</h2>{checks_html}"
         f"<h2>Groups</h2>{sections or '<p class=muted>No sensitive features.</p>'}"
+        f"{_mitigation_html(doc)}"
         "<h2>Model card</h2>"
         f"<h3>Intended use</h3><p>{_e(intended)}</p>"
         f"<h3>Data</h3>{_kv(card.data)}"

@@ -19,13 +19,18 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 
 def write_manifest(
-    settings: Settings, job_id: str, spec: dict[str, Any], dataset: dict[str, Any]
+    settings: Settings,
+    job_id: str,
+    spec: dict[str, Any],
+    dataset: dict[str, Any],
+    parent: dict[str, Any] | None = None,
 ) -> Path:
     folder = job_dir(settings, job_id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "manifest.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"job_id": job_id, "spec": spec, "dataset": dataset}, indent=2))
+    doc = {"job_id": job_id, "spec": spec, "dataset": dataset, "parent": parent}
+    tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)  # a driver never reads a half-written manifest
     return path
 
@@ -41,8 +46,9 @@ def launch(
     spec: dict[str, Any],
     dataset: dict[str, Any],
     attempt: int = 0,
+    parent: dict[str, Any] | None = None,
 ) -> RayJob:
-    write_manifest(settings, job_id, spec, dataset)
+    write_manifest(settings, job_id, spec, dataset, parent)
     env = {
         "CRUCIBLE_ARTIFACT_ROOT": str(settings.resolved_artifact_root),
         "CRUCIBLE_API_URL": settings.resolved_api_url,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.config import Settings
+from services.core.datasets import read_in_place, verify_unchanged
 from services.core.errors import DomainError
-from services.core.jobs import ingest_result, relaunch
+from services.core.jobs import ingest_result, parent_of, relaunch
 from services.core.states import TERMINAL, can_transition, transition
 from services.orchestrator.launcher import job_dir, launch, submission_id
 from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway
@@ -36,6 +37,7 @@ class _Snapshot:
     spec: dict
     dataset: dict
     attempts: int
+    parent: dict | None = None  # transfer learning: the model whose weights the job starts from
 
 
 class Reconciler:
@@ -83,6 +85,7 @@ class Reconciler:
                         job.spec,
                         {"id": ds.id, "uri": ds.uri, "sha256": ds.sha256},
                         job.attempts,
+                        parent_of(s, job.spec),
                     )
                 )
         for snap in snapshots:
@@ -96,8 +99,32 @@ class Reconciler:
             except DomainError as exc:
                 log.warning("job %s: %s", snap.id, exc.detail)
 
+    def _dataset_problem(self, snap: _Snapshot) -> str | None:
+        """Why the job must not start on its dataset: one read in place that no longer hashes
+        to what was registered (the manifest pins that sha256, the driver trusts it)."""
+        uri, sha256 = snap.dataset["uri"], snap.dataset["sha256"]
+        if not read_in_place(uri, self.settings.resolved_artifact_root):
+            return None
+        problem = verify_unchanged(uri, sha256)
+        return None if problem is None else f"dataset {snap.dataset['id']}: {problem}"
+
     def _launch(self, snap: _Snapshot) -> None:
-        launch(self.settings, self.gateway, snap.id, snap.spec, snap.dataset, snap.attempts)
+        problem = self._dataset_problem(snap)
+        if problem is not None:
+            with self.db.session() as s:
+                job = JobRepository(s).get(snap.id, for_update=True)
+                if job is not None and can_transition(job.status, "failed"):
+                    transition(job, "failed", error=problem)
+            return
+        launch(
+            self.settings,
+            self.gateway,
+            snap.id,
+            snap.spec,
+            snap.dataset,
+            snap.attempts,
+            parent=snap.parent,
+        )
         with self.db.session() as s:
             job = JobRepository(s).get(snap.id, for_update=True)
             if job is not None and job.submitted_at is None:

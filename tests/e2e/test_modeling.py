@@ -52,7 +52,7 @@ CASES: dict[str, tuple[dict[str, Any], str, float]] = {
             "sines",
             "label",
             model={"architecture": "lstm", "hidden_size": 32},
-            training={"epochs": 15, "batch_size": 32, "learning_rate": 0.01},
+            training={"epochs": 15, "batch_size": 32, "learning_rate": 0.01, "grad_clip_norm": 1},
         ),
         "accuracy",
         0.4,
@@ -130,7 +130,9 @@ def test_each_architecture_beats_its_trivial_baseline(stack: Stack, case: str) -
 
 def test_digits_cnn_and_adult_mlp_reach_their_accuracy_targets(stack: Stack) -> None:
     digits = run_job(stack, CASES["cnn-digits"][0] | {"name": "digits-target"})
-    assert stack.client.evaluation(digits["id"])["accuracy"] >= 0.95
+    digits_accuracy = stack.client.evaluation(digits["id"])["accuracy"]
+    print(f"digits cnn test accuracy {digits_accuracy:.4f}")
+    assert digits_accuracy >= 0.95
     adult = run_job(
         stack,
         one_trial(
@@ -141,7 +143,9 @@ def test_digits_cnn_and_adult_mlp_reach_their_accuracy_targets(stack: Stack) -> 
             training={"epochs": 4, "batch_size": 256, "learning_rate": 0.003},
         ),
     )
-    assert stack.client.evaluation(adult["id"])["accuracy"] >= 0.83
+    adult_accuracy = stack.client.evaluation(adult["id"])["accuracy"]
+    print(f"adult mlp test accuracy {adult_accuracy:.4f}")
+    assert adult_accuracy >= 0.83
 
 
 def test_the_same_spec_and_seed_give_the_same_metrics(stack: Stack) -> None:
@@ -269,3 +273,40 @@ def test_a_ragged_array_upload_is_refused_by_row(stack: Stack, tmp_path: Path) -
         stack.client.upload_dataset(path, "ragged")
     assert exc.value.status == 422 and "row 1 has shape [3]" in exc.value.detail
     assert "ragged" not in {d["name"] for d in stack.client.datasets()}
+
+
+def test_transfer_learning_starts_from_a_promoted_model_and_records_it(stack: Stack) -> None:
+    c = stack.client
+    parent_job = run_job(stack, CASES["cnn-digits"][0] | {"name": "digits-parent"})
+    parent = c.promote(parent_job["id"], "digits-parent")["model_id"]
+    child_spec = one_trial(
+        "digits-child",
+        "digits",
+        "digit",
+        model={
+            "architecture": "cnn",
+            "channels": [16, 32],
+            "init_from": parent,
+            "freeze": ["body"],
+        },
+        # one epoch on a frozen body: only a head that starts from the parent's is this good
+        training={"epochs": 1, "batch_size": 32, "learning_rate": 0.001},
+    )
+    child = run_job(stack, child_spec)
+    assert c.evaluation(child["id"])["accuracy"] >= 0.9
+    scratch = run_job(
+        stack, child_spec | {"name": "digits-scratch", "model": {"architecture": "cnn"}}
+    )
+    assert c.evaluation(scratch["id"])["accuracy"] < c.evaluation(child["id"])["accuracy"]
+    child_model = c.model(c.promote(child["id"], "digits-child")["model_id"])
+    assert child_model["lineage"]["parent_model_id"] == parent
+
+    for model, match in (
+        ({"architecture": "cnn", "init_from": "mdl_nope"}, "no model 'mdl_nope'"),
+        ({"architecture": "mlp", "init_from": parent}, "is a cnn"),
+    ):
+        with pytest.raises(CrucibleError) as exc:
+            c.submit_job(child_spec | {"model": model})
+        assert exc.value.status == 422
+        assert [f for f in exc.value.fields if f["loc"] == ["model", "init_from"]]
+        assert match in str(exc.value)

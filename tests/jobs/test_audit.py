@@ -438,3 +438,24 @@ def test_group_thresholds_make_the_adult_model_pass_by_sex_at_an_accuracy_cost()
     assert accuracy["mitigated"] < accuracy["plain"]  # the price of parity, shown side by side
     again = apply_group_thresholds(optimizer, score[test], sex[test], seed=0)
     assert (again == mitigated).all()  # seeded: the same candidate every time
+
+
+def test_regression_audit_reports_errors_by_group() -> None:
+    from jobs.audit import run_regression_audit
+    from jobs.spec import AuditOptions
+
+    y_true = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 20.0])
+    y_pred = np.array([1.0, 3.0, 3.0, 2.0, 12.0, 20.0])
+    sex = np.array(["a", "a", "a", "b", "b", None], dtype=object)
+    doc = run_regression_audit(
+        y_true,
+        y_pred,
+        {"sex": sex},
+        AuditOptions(sensitive_features=["sex"], min_group_count=0, bootstrap={"resamples": 20}),
+    )
+    assert doc["kind"] == "regression" and doc["passed"] is None and doc["checks"] == []
+    groups = {g["name"]: g for g in doc["features"]["sex"]["groups"]}
+    assert set(groups) == {"a", "b", "unknown"}
+    assert groups["a"]["metrics"]["mae"] == pytest.approx(1 / 3)
+    assert groups["b"]["metrics"]["rmse"] == pytest.approx(2.0)
+    assert groups["unknown"]["metrics"]["mean_prediction"] == 20.0

@@ -258,3 +258,11 @@ def test_split_methods_need_their_column() -> None:
     assert feature_columns(s, ["a", "t", "y"]) == ["a"]
     assert SplitSpec(stratify=False).resolved_method("classification") == "random"
     assert SplitSpec().resolved_method("regression") == "random"
+
+
+def test_settling_the_task_keeps_what_the_user_left_out() -> None:
+    grid = spec(
+        search={"algorithm": "grid", "space": {"training.epochs": {"grid": [1, 2]}}}
+    ).with_task("regression")
+    assert check_spec(grid) == []
+    assert "num_trials" not in grid.search.model_fields_set

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.spec import AugmentationSpec, EarlyStoppingSpec, LRScheduleSpec, MLPSpec, TrainingSpec
@@ -145,7 +146,10 @@ def test_l1_shrinks_weights_and_clipping_bounds_steps() -> None:
         "max",
         lambda *a: None,
     )
-    moved = sum(float((p - b).norm() ** 2) for p, b in zip(start.parameters(), before)) ** 0.5
+    moved = (
+        sum(float((p - b).norm() ** 2) for p, b in zip(start.parameters(), before, strict=True))
+        ** 0.5
+    )
     assert moved <= 5.0 * 0.01 + 1e-6  # one step of lr x the clipped norm
 
 
@@ -176,3 +180,38 @@ def test_divergence_is_a_clear_error() -> None:
     bad = TrainData(data.x_train * 1e30, data.y_train, data.x_val, data.y_val, 2)
     with pytest.raises(TrainingError, match="learning_rate"):
         run(TrainingSpec(epochs=2, learning_rate=10, optimizer="sgd"), bad)
+
+
+def test_transfer_learning_loads_what_fits_and_freezes_groups() -> None:
+    spec = TrainingSpec(epochs=2, learning_rate=0.05, batch_size=32)
+    parent = init_model(MLPSpec(hidden_sizes=[8]), spec, (4,), 2)
+    fit(parent, blobs(), spec, "val_accuracy", "max", lambda *a: None)
+    weights = {k: v.clone() for k, v in parent.state_dict().items()}
+
+    # Three classes now: the head starts fresh, the body is the parent's and stays fixed.
+    child_spec = MLPSpec(hidden_sizes=[8], init_from="mdl_parent", freeze=["body"])
+    child = init_model(child_spec, spec, (4,), 3, parent=weights)
+    body = {k: v for k, v in child.state_dict().items() if k.startswith("body.")}
+    assert body and all(torch.equal(v, weights[k]) for k, v in body.items())
+    data = blobs()
+    fit(
+        child,
+        TrainData(data.x_train, data.y_train, data.x_val, data.y_val, 3),
+        spec,
+        "val_accuracy",
+        "max",
+        lambda *a: None,
+    )
+    assert all(torch.equal(child.state_dict()[k], weights[k]) for k in body)
+    assert not torch.equal(child.state_dict()["head.weight"][:2], weights["head.weight"])
+
+    with pytest.raises(TrainingError, match="'head' differs"):
+        init_model(
+            MLPSpec(hidden_sizes=[8], init_from="mdl_p", freeze=["head"]),
+            spec,
+            (4,),
+            3,
+            parent=weights,
+        )
+    with pytest.raises(TrainingError, match="none of the parent"):
+        init_model(MLPSpec(hidden_sizes=[5]), spec, (7,), 3, parent=weights)

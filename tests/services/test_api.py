@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from jobs.datasets import BUILTIN
 from jobs.events import Event
 from services.api.app import create_app
 from services.api.metrics import METRIC_NAMES
@@ -120,6 +121,17 @@ def test_builtin_adult_is_listed(api: Api) -> None:
     assert {"name": "sex", "type": "string", "kind": "categorical"} in adult["columns"]
 
 
+def test_builtin_image_and_sequence_sets_record_their_array_shapes(api: Api) -> None:
+    items = {d["name"]: d for d in api.get("/v1/datasets").json()["items"]}
+    assert set(BUILTIN) <= set(items)
+    image = next(c for c in items["digits"]["columns"] if c["name"] == "image")
+    assert (image["kind"], image["shape"]) == ("array", [8, 8])
+    series = next(c for c in items["sines"]["columns"] if c["name"] == "series")
+    assert (series["kind"], series["shape"]) == ("array", [32])
+    assert items["digits"]["num_rows"] == 1797 and "CC BY 4.0" in items["digits"]["license"]
+    assert "CC0" in items["anomalies"]["license"]
+
+
 def test_csv_upload_becomes_parquet(api: Api) -> None:
     csv = b"x,y,label\n1,2.5,a\n2,,b\n3,1.0,a\n"
     r = api.post("/v1/datasets", files={"file": ("d.csv", csv)}, data={"name": "tiny"})
@@ -154,7 +166,7 @@ def test_bad_uploads_leave_nothing(api: Api, content: bytes, needle: str) -> Non
     assert r.status_code == 422, r.text
     assert needle in r.json()["detail"]
     assert fields(r) == {("file",)}
-    assert api.count("/v1/datasets") == 1  # the built-in one only
+    assert api.count("/v1/datasets") == len(BUILTIN)  # the built-in ones only
     assert not list((api.data_dir / "artifacts" / "datasets").iterdir())
 
 
@@ -169,7 +181,7 @@ def test_upload_size_limit(api: Api) -> None:
         "/v1/datasets", files={"file": ("d.csv", b"a,b\n" + b"1,2\n" * 10)}, data={"name": "big"}
     )
     assert r.status_code == 413
-    assert api.count("/v1/datasets") == 1
+    assert api.count("/v1/datasets") == len(BUILTIN)
 
 
 def test_unknown_dataset_is_404(api: Api) -> None:

@@ -36,9 +36,10 @@ def test_builtin_seed_is_idempotent(db: Database) -> None:
     with db.session() as s:
         seed_builtins(s)
     with db.session() as s:
+        from jobs.datasets import BUILTIN
         from services.store.repositories import DatasetRepository
 
-        assert DatasetRepository(s).count() == 1
+        assert DatasetRepository(s).count() == len(BUILTIN)
 
 
 def test_events_are_stored_once(db: Database) -> None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from services.api.deps import CurrentUser, ServicesDep
 from services.core.errors import NotFound
 from services.core.promotion import endpoint_view, model_view
-from services.store.repositories import EndpointRepository, ModelRepository
+from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -20,7 +20,12 @@ def list_models(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as s:
-        return {"items": [model_view(m) for m in ModelRepository(s).list(limit, offset)]}
+        jobs = JobRepository(s)
+        return {
+            "items": [
+                model_view(m, _spec(jobs, m.job_id)) for m in ModelRepository(s).list(limit, offset)
+            ]
+        }
 
 
 @router.get("/models/{model_id}")
@@ -29,7 +34,12 @@ def show_model(model_id: str, services: ServicesDep, _: CurrentUser) -> dict[str
         m = ModelRepository(s).get(model_id)
         if m is None:
             raise NotFound(f"no model '{model_id}'")
-        return model_view(m)
+        return model_view(m, _spec(JobRepository(s), m.job_id))
+
+
+def _spec(jobs: JobRepository, job_id: str) -> dict[str, Any] | None:
+    job = jobs.get(job_id)
+    return job.spec if job is not None else None
 
 
 @router.get("/endpoints")
