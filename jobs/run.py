@@ -100,6 +100,13 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     columns, kinds = read_columns(dataset_uri, features)
     sens_cols = {name: _column(path, name) for name in sensitive}
     target_values = _column(path, target_name)
+    split_column = spec.dataset.split.column
+    extra: Columns = {split_column: _column(path, split_column)} if split_column else {}
+    series: np.ndarray | None = None
+    if spec.dataset.sequence is not None:
+        columns, kinds, picks, series = windows(spec, path, columns, kinds)
+        target_values, sens_cols = target_values[picks], take(sens_cols, picks)
+        extra = take(extra, picks)
     keep = ~is_missing(target_values)
     if not keep.any():
         raise DataError(f"target '{target_name}' has no values")
@@ -123,7 +130,11 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
 
     sp = spec.dataset.split
     method = sp.resolved_method(task)
-    by = _column(path, sp.column)[rows] if sp.column else None
+    by = extra[sp.column][rows] if sp.column else None
+    w = spec.dataset.sequence
+    if series is not None and w is not None and w.id_column and sp.method is None:
+        # Windows of one series overlap: the same steps must not train and test.
+        method, by = "group", series[rows]
     if method == "time" and by is not None:
         by = _sortable(by, sp.column or "")
     split = split_indices(
@@ -177,6 +188,40 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
             "test": len(split.test),
         },
     )
+
+
+def windows(
+    spec: JobSpec, path: str, columns: Columns, kinds: dict[str, Any]
+) -> tuple[Columns, dict[str, Any], np.ndarray, np.ndarray]:
+    """A long table (one row per step) as sequence examples: every ``window`` consecutive steps
+    of one series (``stride`` apart) become one ``[window][features]`` array, labelled by their
+    last step. Returns the new columns and kinds, the row of each window's last step (to take
+    its target and sensitive values) and each window's series."""
+    w = spec.dataset.sequence
+    assert w is not None
+    plain = [name for name, kind in kinds.items() if kind != "numeric"]
+    if plain:
+        raise DataError(f"sequence windows are built from numeric columns; {plain} are not")
+    time = _sortable(_column(path, w.time_column), w.time_column)
+    ids = (
+        np.asarray([str(v) for v in _column(path, w.id_column)], dtype=object)
+        if w.id_column
+        else np.zeros(len(time), dtype=object)
+    )
+    steps = np.stack([columns[name] for name in columns], axis=-1)  # (rows, features)
+    starts: list[np.ndarray] = []
+    for series_id in np.unique(ids):
+        rows = np.flatnonzero(ids == series_id)
+        rows = rows[np.argsort(time[rows], kind="stable")]
+        for begin in range(0, len(rows) - w.window + 1, w.stride):
+            starts.append(rows[begin : begin + w.window])
+    if not starts:
+        raise DataError(
+            f"no series has {w.window} steps: dataset.sequence.window is longer than every series"
+        )
+    idx = np.stack(starts)  # (windows, window)
+    last = idx[:, -1]
+    return {"window": steps[idx]}, {"window": "array"}, last, ids[last]
 
 
 def _sortable(values: np.ndarray, name: str) -> np.ndarray:

@@ -45,11 +45,12 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("val_rmse", "val_mae", "val_r2", "val_loss"),
     "anomaly_detection": ("val_auc", "val_loss"),
 }
-LOWER_IS_BETTER = frozenset({"val_loss", "val_mae", "val_rmse"})
+# Validation metrics a search minimises (distinct from LOWER_IS_BETTER, for test figures).
+_MINIMISED = frozenset({"val_loss", "val_mae", "val_rmse"})
 
 
 def natural_mode(metric: str) -> Literal["max", "min"]:
-    return "min" if metric in LOWER_IS_BETTER else "max"
+    return "min" if metric in _MINIMISED else "max"
 
 
 class SplitSpec(_Strict):
@@ -91,6 +92,17 @@ class SplitSpec(_Strict):
         return "stratified"
 
 
+class SequenceWindows(_Strict):
+    time_column: str = Field(min_length=1, description="Orders the steps of each series.")
+    id_column: str | None = Field(
+        None,
+        description="Which series a row belongs to (e.g. a sensor); windows never span two. "
+        "Without it the whole table is one series. With it, the split is by series by default.",
+    )
+    window: int = Field(ge=2, le=4096, description="Steps in one example.")
+    stride: int = Field(1, ge=1, le=4096, description="Steps between the starts of examples.")
+
+
 class DatasetRef(_Strict):
     id: str = Field(description="Id of a registered dataset (see GET /v1/datasets).")
     target: str = Field(min_length=1, description="Column to predict.")
@@ -102,6 +114,23 @@ class DatasetRef(_Strict):
         "sequence).",
     )
     split: SplitSpec = Field(default_factory=lambda: SplitSpec())
+    sequence: SequenceWindows | None = Field(
+        None,
+        description="Read a long table (one row per time step) as sequences: the numeric "
+        "feature columns of 'window' consecutive steps of one series become one example, "
+        "labelled with the target of its last step.",
+    )
+
+    @model_validator(mode="after")
+    def _sequence_columns(self) -> DatasetRef:
+        w = self.sequence
+        if w is not None:
+            named = {w.time_column, w.id_column} - {None}
+            if self.target in named:
+                raise ValueError("the target cannot be the sequence's id or time column")
+            if self.features and named & set(self.features):
+                raise ValueError("the sequence's id and time columns are not input features")
+        return self
 
 
 Impute = Literal["drop", "mean", "median", "most_frequent", "constant"]
@@ -708,6 +737,127 @@ class AuditSpec(AuditOptions):
         return None if m is None else (m.feature or self.sensitive_features[0])
 
 
+# Figures of the test-split evaluation a promotion gate may bound, per task (jobs/evaluate.py).
+_CLASSIFICATION_FIGURES = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+)
+PROMOTION_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": _CLASSIFICATION_FIGURES,
+    "anomaly_detection": (*_CLASSIFICATION_FIGURES, "roc_auc"),
+    "regression": ("mae", "rmse", "r2"),
+}
+# Errors: lower is better. Every other figure is a score: higher is better.
+LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+PromotionMetric = Literal[
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "roc_auc",
+    "mae",
+    "rmse",
+    "r2",
+]
+ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class MetricBound(_Strict):
+    min: float | None = Field(None, description="The figure must be at least this.")
+    max: float | None = Field(None, description="The figure must be at most this.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MetricBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
+        return self
+
+
+def _bound(description: str) -> Any:
+    return Field(None, description=description)
+
+
+class PromotionRequire(_Strict):
+    """Thresholds on the test-split evaluation; only the figures of the job's task apply
+    (precision, recall and f1 are the positive class's, so they need a binary target)."""
+
+    accuracy: MetricBound | None = _bound("Classification, anomaly detection.")
+    precision: MetricBound | None = _bound("Positive class; classification, anomaly detection.")
+    recall: MetricBound | None = _bound("Positive class; classification, anomaly detection.")
+    f1: MetricBound | None = _bound("Positive class; classification, anomaly detection.")
+    precision_macro: MetricBound | None = _bound("Classification, anomaly detection.")
+    recall_macro: MetricBound | None = _bound("Classification, anomaly detection.")
+    f1_macro: MetricBound | None = _bound("Classification, anomaly detection.")
+    roc_auc: MetricBound | None = _bound("Anomaly detection.")
+    mae: MetricBound | None = _bound("Regression, in the target's units.")
+    rmse: MetricBound | None = _bound("Regression, in the target's units.")
+    r2: MetricBound | None = _bound("Regression.")
+    audit_passed: bool | None = Field(
+        None, description="true: the fairness audit (audit.thresholds and audit.gate) must pass."
+    )
+
+    def bounds(self) -> dict[str, MetricBound]:
+        return {
+            name: bound
+            for name in PromotionMetric.__args__  # type: ignore[attr-defined]
+            if (bound := getattr(self, name)) is not None
+        }
+
+
+class RegressionLimit(_Strict):
+    metric: PromotionMetric = Field(description="The test-split figure compared.")
+    tolerance: float = Field(
+        ge=0,
+        description="How much worse than the model serving the endpoint it may be (absolute, "
+        "in the figure's units; 0: at least as good).",
+    )
+
+
+class PromotionSpec(_Strict):
+    """Gates a promotion must pass; an override with a written reason bypasses them."""
+
+    require: PromotionRequire = Field(
+        default_factory=lambda: PromotionRequire(),
+        description="Metric thresholds on the test split, and whether the audit must pass.",
+    )
+    max_regression: RegressionLimit | None = Field(
+        None,
+        description="The new model must not be worse than the one serving the endpoint by more "
+        "than tolerance on this figure (no check when nothing serves there yet).",
+    )
+    auto: bool = Field(
+        False, description="Promote to auto_endpoint when the job succeeds and the gates pass."
+    )
+    auto_endpoint: str | None = Field(
+        None, pattern=ENDPOINT_PATTERN, description="The endpoint auto promotion serves at."
+    )
+
+    @model_validator(mode="after")
+    def _auto_needs_endpoint(self) -> PromotionSpec:
+        if self.auto and self.auto_endpoint is None:
+            raise ValueError("auto promotion needs auto_endpoint")
+        return self
+
+    def metrics(self) -> dict[tuple[str, ...], str]:
+        """Every figure the gates name, by the spec path that names it."""
+        out: dict[tuple[str, ...], str] = {
+            ("promotion", "require", name): name for name in self.require.bounds()
+        }
+        if self.max_regression is not None:
+            out[("promotion", "max_regression", "metric")] = self.max_regression.metric
+        return out
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="A short name for the job.")
     task: Literal["auto", "classification", "regression", "anomaly_detection"] = Field(
@@ -728,6 +878,10 @@ class JobSpec(_Strict):
     search: SearchSpec = Field(default_factory=lambda: SearchSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
     audit: AuditSpec = Field(default_factory=lambda: AuditSpec())
+    promotion: PromotionSpec = Field(
+        default_factory=lambda: PromotionSpec(),
+        description="Gates for promoting the model to an endpoint, and auto promotion.",
+    )
 
     @model_validator(mode="after")
     def _task_and_metric(self) -> JobSpec:
@@ -919,6 +1073,15 @@ def check_task(spec: JobSpec) -> list[FieldError]:
         errors.append(
             FieldError(("training", "class_weights"), "class weights need a classification task")
         )
+    for loc, metric in spec.promotion.metrics().items():
+        if metric not in PROMOTION_METRICS[task]:
+            errors.append(
+                FieldError(
+                    loc,
+                    f"'{metric}' is not in a {task} evaluation; use one of "
+                    f"{list(PROMOTION_METRICS[task])}",
+                )
+            )
     if spec.audit.mitigation is not None and task != "classification":
         errors.append(FieldError(("audit", "mitigation"), "mitigation needs a classification task"))
     aug = spec.preprocessing.augmentation
@@ -947,8 +1110,10 @@ def check_model_inputs(
     array columns, by the shape recorded when the dataset was registered)."""
     arch = spec.model.architecture
     features = feature_columns(spec, list(kinds))
-    arrays = [f for f in features if kinds.get(f) == "array"]
     errors: list[FieldError] = []
+    if spec.dataset.sequence is not None:
+        return _check_windows(spec, kinds, features)
+    arrays = [f for f in features if kinds.get(f) == "array"]
     needs_array = arch in ("cnn", "lstm", "gru")
     what = "an image" if arch == "cnn" else "a sequence"
     if needs_array and not arrays:
@@ -986,6 +1151,30 @@ def check_model_inputs(
                         ("preprocessing", "augmentation", name), "image augmentation needs a cnn"
                     )
                 )
+    return errors
+
+
+def _check_windows(
+    spec: JobSpec, kinds: dict[str, str | None], features: list[str]
+) -> list[FieldError]:
+    w = spec.dataset.sequence
+    assert w is not None
+    errors: list[FieldError] = []
+    for name in (w.time_column, w.id_column):
+        if name is not None and name not in kinds:
+            errors.append(
+                FieldError(("dataset", "sequence"), f"column '{name}' is not in the dataset")
+            )
+    plain = [f for f in features if kinds.get(f) != "numeric"]
+    if plain:
+        errors.append(
+            FieldError(
+                ("dataset", "features"),
+                f"sequence windows are built from numeric columns; {plain} are not",
+            )
+        )
+    if spec.model.architecture == "cnn":
+        errors.append(FieldError(("model", "architecture"), "a cnn reads images, not sequences"))
     return errors
 
 
@@ -1081,6 +1270,9 @@ def feature_columns(spec: JobSpec, columns: list[str]) -> list[str]:
     excluded = {spec.dataset.target}
     if spec.dataset.split.column:
         excluded.add(spec.dataset.split.column)
+    w = spec.dataset.sequence
+    if w is not None:
+        excluded |= {w.time_column, w.id_column} - {None}  # type: ignore[arg-type]
     if not spec.audit.use_as_features:
         excluded |= set(spec.audit.sensitive_features)
     return [c for c in columns if c not in excluded]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,57 @@ def test_labels_keep_their_type() -> None:
     labels = encode_target(np.array([3, 1, 3, 2], dtype=object), "classification", None, "y")
     assert labels.classes == [1, 2, 3]
     assert labels.codes.tolist() == [2, 0, 2, 1]
+
+
+def test_a_long_table_becomes_windows_of_one_series_each(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.run import prepare
+    from jobs.spec import JobSpec
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for sensor in range(12):
+        kind = sensor % 2  # odd sensors oscillate
+        for t in range(20):
+            value = np.sin(t * 2.0) * kind + rng.normal(0, 0.1)
+            rows.append(
+                {
+                    "sensor": f"s{sensor}",
+                    "t": 19 - t,
+                    "x": value,
+                    "y": 2 * value,
+                    "state": ["calm", "wavy"][kind],
+                }
+            )
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    spec = JobSpec.model_validate(
+        {
+            "name": "w",
+            "dataset": {
+                "id": "d",
+                "target": "state",
+                "sequence": {"id_column": "sensor", "time_column": "t", "window": 5, "stride": 5},
+            },
+            "model": {"architecture": "gru"},
+        }
+    )
+    p = prepare(spec, str(path))
+    # 12 sensors x 4 windows of 5 steps, each [5][2] (x, y), one channel per feature
+    total = sum(p.split_sizes.values())
+    assert total == 48 and p.train.x_train.shape[1:] == (5, 2)
+    # the split is by sensor: a window's sensor never appears in two splits
+    assert p.split_sizes["test"] % 4 == 0 and p.split_sizes["validation"] % 4 == 0
+    with pytest.raises(DataError, match="longer than every series"):
+        prepare(
+            spec.model_copy(
+                update={
+                    "dataset": spec.dataset.model_copy(
+                        update={"sequence": spec.dataset.sequence.model_copy(update={"window": 50})}  # type: ignore[union-attr]
+                    )
+                }
+            ),
+            str(path),
+        )

@@ -266,3 +266,29 @@ def test_settling_the_task_keeps_what_the_user_left_out() -> None:
     ).with_task("regression")
     assert check_spec(grid) == []
     assert "num_trials" not in grid.search.model_fields_set
+
+
+def test_sequence_windows_need_numeric_features_and_a_sequence_model() -> None:
+    seq = {"time_column": "t", "id_column": "sensor", "window": 8}
+    kinds: dict[str, str | None] = {
+        "t": "numeric",
+        "sensor": "categorical",
+        "x": "numeric",
+        "y": "categorical",
+        "note": "categorical",
+    }
+    ok = spec(
+        model={"architecture": "lstm"},
+        dataset={"id": "d", "target": "y", "features": ["x"], "sequence": seq},
+    )
+    assert check_model_inputs(ok, kinds, {}) == []
+    assert feature_columns(
+        spec(dataset={"id": "d", "target": "y", "sequence": seq}), list(kinds)
+    ) == ["x", "note"]
+    bad = spec(model={"architecture": "cnn"}, dataset={"id": "d", "target": "y", "sequence": seq})
+    assert {e.loc for e in check_model_inputs(bad, kinds, {})} == {
+        ("model", "architecture"),
+        ("dataset", "features"),
+    }
+    with pytest.raises(ValidationError, match="target cannot be"):
+        spec(dataset={"id": "d", "target": "t", "sequence": seq})
