@@ -13,7 +13,7 @@ from services import __version__
 from services.api import errors
 from services.api.deps import Services
 from services.api.metrics import Metrics
-from services.api.routers import audits, datasets, health, internal, jobs, models, spec
+from services.api.routers import audits, datasets, health, internal, jobs, models, spec, ui
 from services.config import Settings
 from services.core.auth import ensure_bootstrap_token
 from services.core.datasets import seed_builtins
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         models.router,
         spec.router,
         internal.router,
+        ui.router,
     ):
         app.include_router(router)
     return app
