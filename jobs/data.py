@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,10 +28,15 @@ class DataError(ValueError):
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        return stream_sha256(f, chunk)
+
+
+def stream_sha256(f: BinaryIO | pa.NativeFile, chunk: int = 1 << 20) -> str:
+    """sha256 of what is left to read in ``f``, a block at a time (never the whole file)."""
+    h = hashlib.sha256()
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.core.dataset_uris import Root, parse_root
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> tuple[str, bool]:
@@ -64,7 +68,40 @@ class Settings(BaseSettings):
         "single machine with training (a 2-core laptop would otherwise lose a trial slot); on "
         "a cluster reserve what a replica really uses.",
     )
-    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Largest dataset the API reads: an upload, or a file registered by URI "
+        "(read whole at registration for its schema and quality report).",
+    )
+    dataset_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where datasets may be registered from by URI: absolute local folders and "
+        "s3://bucket[/prefix] or gs://bucket[/prefix], as a JSON list or comma-separated. "
+        "Empty by default: only uploads until an operator opens a root. Object-store "
+        "credentials and endpoints come from the server's environment (AWS_*, Google's "
+        "default credentials).",
+    )
+
+    @field_validator("dataset_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in (p.strip() for p in text.split(",")) if part]
+        return value
+
+    @field_validator("dataset_roots")
+    @classmethod
+    def _check_roots(cls, value: list[str]) -> list[str]:
+        # A typo in a root fails at start-up, not at the first registration.
+        return [str(parse_root(v)) for v in value]
+
+    @property
+    def resolved_dataset_roots(self) -> list[Root]:
+        return [parse_root(v) for v in self.dataset_roots]
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,16 +1,23 @@
 """Sample datasets that ship with Crucible, and the resolution of dataset URIs.
 
-A dataset URI is ``builtin://<name>`` for the files in this folder, or a path to a Parquet file
-in the control plane's artifact storage.
+A dataset URI is ``builtin://<name>`` for the files in this folder, a local path to a Parquet
+file (an upload in the control plane's artifact storage, or a file registered in place under an
+allowed root), or ``s3://bucket/key`` / ``gs://bucket/key`` for a Parquet object registered in
+place. The control plane confines URIs when they are registered (services/core/dataset_uris.py);
+here they are only turned into what pyarrow opens.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 HERE = Path(__file__).parent
 BUILTIN_SCHEME = "builtin://"
+OBJECT_SCHEMES = ("s3://", "gs://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,22 @@ BUILTIN: dict[str, BuiltinDataset] = {
 
 
 def resolve_uri(uri: str) -> str:
-    """The local path of a dataset URI."""
+    """What ``pq.read_table``/``pq.read_schema`` open for a dataset URI: a local path, or an
+    object URI that pyarrow opens through ``pyarrow.fs`` (credentials and endpoint from the
+    environment, ``AWS_*`` or Google's defaults)."""
     if uri.startswith(BUILTIN_SCHEME):
         name = uri[len(BUILTIN_SCHEME) :]
         if name not in BUILTIN:
             raise ValueError(f"no built-in dataset named '{name}'")
         return str(BUILTIN[name].path)
+    if uri.startswith(OBJECT_SCHEMES):
+        # Stored keys are plain text; pyarrow parses a URI and percent-decodes its path, so a
+        # key with a space (or '+', '#', '?') must reach it quoted to mean the same object.
+        scheme, _, rest = uri.partition("://")
+        bucket, _, key = rest.partition("/")
+        return f"{scheme}://{bucket}/{quote(key, safe='/')}"
+    if _SCHEME.match(uri):
+        # Only the control plane writes dataset URIs; any other scheme is not one of ours and
+        # must not reach pyarrow, which would try to open it.
+        raise ValueError(f"'{uri}' is not a dataset location Crucible reads")
     return uri

@@ -50,3 +50,8 @@ class UpstreamFailed(DomainError):
 
     status_code = 502
     kind = "upstream_failed"
+
+
+class UnsupportedMediaType(DomainError):
+    status_code = 415
+    kind = "unsupported_media_type"

@@ -80,6 +80,11 @@ class Dataset(Base):
     description: Mapped[str | None] = mapped_column(Text)
     license: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Registered by URI: the URI as the caller gave it. ``uri`` is what jobs read: the resolved
+    # location of a Parquet file (read in place), or the Parquet copy of a CSV.
+    source_uri: Mapped[str | None] = mapped_column(Text)
+    # jobs.quality.quality_report at registration; None for rows older than migration 0003.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Job(Base):

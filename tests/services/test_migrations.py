@@ -11,13 +11,18 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from services.store.db import MIGRATIONS, migrate
-from services.store.models import Base
+from services.core.datasets import builtin_id, seed_builtins
+from services.store.db import MIGRATIONS, Database, migrate
+from services.store.models import Base, Dataset
 
 # A landed migration is history: databases out there ran it, so it must never change.
 # Schema changes go into a new revision instead.
 LANDED = {
     "0001_initial_schema.py": "ea610a7beb2aca73def676c863d638d7eaed8668cf69f5f9a48e97a93f2c067c",
+    "0002_audits.py": "fd86d2ca7601257052b884ddda9187a8d0e32250e0654f68ca5f169322d11244",
+    "0003_dataset_uri_and_quality.py": (
+        "19d980e488214b0c5d6bba5a73ee40b397fba90d111109505eca34dcd0abd444"
+    ),
 }
 
 
@@ -55,3 +60,43 @@ def test_audits_migration_goes_down_and_up(database_url: str) -> None:
         assert "audits" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url: str) -> None:
+    """From the previous schema (0002) with a dataset in it: the row survives 0003 with no
+    report, and the next start fills one in for a built-in; down to 0002 drops the columns."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    adult = builtin_id("adult")
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0002")
+            conn.execute(
+                Dataset.__table__.insert().values(
+                    id=adult, name="adult", uri="builtin://adult", format="parquet",
+                    sha256="0" * 64, num_rows=1, size_bytes=1, columns=[], builtin=True,
+                )
+            )  # fmt: skip
+        migrate(db.engine)
+        names = {c["name"] for c in inspect(db.engine).get_columns("datasets")}
+        assert {"source_uri", "quality"} <= names
+        with db.session() as s:
+            row = s.get(Dataset, adult)
+            assert row is not None and row.quality is None and row.source_uri is None
+            seed_builtins(s)
+        with db.session() as s:
+            row = s.get(Dataset, adult)
+            assert row is not None and row.quality is not None
+            assert row.quality["label_balance"]["column"] == "income"
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002")
+        names = {c["name"] for c in inspect(db.engine).get_columns("datasets")}
+        assert not {"source_uri", "quality"} & names
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM datasets").scalar() >= 1
+        migrate(db.engine)
+    finally:
+        db.engine.dispose()

@@ -2,37 +2,169 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from jobs.spec import NAME_PATTERN
-from services.api.deps import CurrentUser, ServicesDep
-from services.core.datasets import dataset_view, get_dataset, register_upload
-from services.core.errors import Invalid
+from services.api.deps import CurrentUser, Services, ServicesDep
+from services.core.dataset_uris import MAX_URI_CHARS
+from services.core.datasets import dataset_view, get_dataset, register_upload, register_uri
+from services.core.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
 from services.store.repositories import DatasetRepository
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
+# A {name, uri, target} document is a few hundred bytes; nothing legitimate comes near this.
+MAX_JSON_BYTES = 64 * 1024
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-def upload_dataset(
-    services: ServicesDep,
-    _: CurrentUser,
-    file: Annotated[UploadFile, File(description="CSV (with a header row) or Parquet")],
-    name: Annotated[str, Form(pattern=NAME_PATTERN)],
-) -> dict[str, Any]:
-    """Register a dataset from an uploaded CSV or Parquet file; it is stored as Parquet."""
-    if not file.filename:
-        raise Invalid("the upload has no file name", [{"loc": ["file"], "msg": "required"}])
+TARGET_DESCRIPTION = (
+    "The label column, if there is one: the quality report then gives its class balance (and "
+    "warns when the smallest class is under a tenth of the largest)."
+)
+_TARGET = Field(None, description=TARGET_DESCRIPTION)
+
+
+class RegisterByUri(BaseModel):
+    """A dataset registered where it is, by URI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name shown in listings.")
+    uri: str = Field(
+        min_length=1,
+        max_length=MAX_URI_CHARS,
+        description="An absolute local path, s3://bucket/key or gs://bucket/key, under one of "
+        "the roots the operator allows (CRUCIBLE_DATASET_ROOTS); CSV (.csv) or Parquet. No "
+        "percent-escapes, '..', backslashes, query strings, file:// or http(s)://.",
+    )
+    target: str | None = _TARGET
+
+
+class UploadFields(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    target: str | None = _TARGET
+
+
+DESCRIPTION = """\
+Register a dataset, by upload or by URI: the request's `Content-Type` chooses.
+
+- `multipart/form-data` with `file` (CSV with a header row, or Parquet), `name` and an optional
+  `target`: the file is stored as Parquet in artifact storage.
+- `application/json` with `{"name", "uri", "target"?}`: the file is read where it is. `uri` is
+  an absolute local path, `s3://bucket/key` or `gs://bucket/key`, and must lie under a root the
+  operator allows (`CRUCIBLE_DATASET_ROOTS`; none by default). Parquet (magic bytes or
+  `.parquet`) is hashed, described and stored by location, not copied; jobs read it there and
+  a job whose file changed since registration fails before it starts. CSV (`.csv`) is converted
+  once into artifact storage as Parquet; its URI and sha256 are kept as `source_uri` and
+  `source_sha256`. A URI that is outside the roots once fully percent-decoded (`..`, `%2e%2e`,
+  `%252e`), has a backslash, leads out through a symlink, or uses `file://`, `http(s)://` or
+  another scheme is a 422 naming `uri`, and nothing is stored.
+
+One path for both bodies, not a second route: a dataset is one resource however its bytes
+arrive. Either way the response carries the schema (with array shapes), row count, sha256 and
+the data quality report (`quality`: missing rates, duplicate rows, constant columns, groups of
+low-cardinality columns, label balance and warnings, among them groups under 30 rows).
+"""
+
+_UPLOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "name"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "CSV or Parquet"},
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "target": {"type": "string", "description": TARGET_DESCRIPTION},
+    },
+}
+
+
+def _fields(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+
+
+async def _json_body(request: Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes")
+    return bytes(body)
+
+
+def _by_uri(services: Services, req: RegisterByUri) -> dict[str, Any]:
+    settings = services.settings
+    with services.db.session() as s:
+        dataset = register_uri(
+            s,
+            settings.resolved_artifact_root,
+            settings.resolved_dataset_roots,
+            req.name,
+            req.uri,
+            settings.max_upload_bytes,
+            req.target,
+        )
+        return dataset_view(dataset, detail=True)
+
+
+def _by_upload(services: Services, fields: UploadFields, file: UploadFile) -> dict[str, Any]:
+    assert file.filename is not None  # checked by the caller
     with services.db.session() as s:
         dataset = register_upload(
             s,
             services.settings.resolved_artifact_root,
-            name,
+            fields.name,
             file.filename,
             file.file,
             services.settings.max_upload_bytes,
+            fields.target,
         )
-        return dataset_view(dataset)
+        return dataset_view(dataset, detail=True)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a dataset (upload or URI)",
+    description=DESCRIPTION,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _UPLOAD_SCHEMA},
+                "application/json": {"schema": RegisterByUri.model_json_schema()},
+            },
+        }
+    },
+)
+async def create_dataset(request: Request, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json":
+        try:
+            req = RegisterByUri.model_validate_json(await _json_body(request))
+        except ValidationError as exc:
+            raise Invalid("the request is invalid", _fields(exc)) from exc
+        # Hashing and parsing block: off the event loop.
+        return await run_in_threadpool(_by_uri, services, req)
+    if media == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=10) as form:
+            file = form.get("file")
+            problems: list[dict[str, Any]] = []
+            if not isinstance(file, UploadFile):
+                problems.append({"loc": ["file"], "msg": "Field required"})
+            elif not file.filename:
+                problems.append({"loc": ["file"], "msg": "the upload has no file name"})
+            raw = {k: v for k in ("name", "target") if isinstance(v := form.get(k), str) and v}
+            try:
+                fields = UploadFields.model_validate(raw)
+            except ValidationError as exc:
+                problems += _fields(exc)
+            if problems or not isinstance(file, UploadFile):
+                raise Invalid("the request is invalid", problems)
+            return await run_in_threadpool(_by_upload, services, fields, file)
+    raise UnsupportedMediaType(
+        f"send multipart/form-data (an upload) or application/json (a URI), not '{media}'"
+    )
 
 
 @router.get("")
@@ -42,6 +174,8 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
+    """Built-in datasets, then the newest first; without their quality reports (see
+    `GET /v1/datasets/{id}`)."""
     with services.db.session() as s:
         repo = DatasetRepository(s)
         return {
@@ -54,5 +188,6 @@ def list_datasets(
 
 @router.get("/{dataset_id}")
 def show_dataset(dataset_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+    """One dataset with its data quality report (`quality`)."""
     with services.db.session() as s:
-        return dataset_view(get_dataset(s, dataset_id))
+        return dataset_view(get_dataset(s, dataset_id), detail=True)
