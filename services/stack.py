@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,11 @@ class LocalStack:
         self.env.pop("RAY_ADDRESS", None)
 
     @property
+    def ray_temp_dir(self) -> Path:
+        # Short on purpose: Ray's socket paths live under it and must stay below 108 bytes.
+        return Path(tempfile.gettempdir()) / f"crucible-ray-{self.cfg.ray_port}"
+
+    @property
     def ray_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ray_token}"} if self.ray_token else {}
 
@@ -128,6 +134,9 @@ class LocalStack:
             f"--ray-client-server-port={c.client_server_port}",
             f"--dashboard-agent-listen-port={c.agent_port}",
             "--disable-usage-stats",
+            # Its own temp dir: Ray job drivers find their cluster through the temp dir's
+            # "current cluster" file, which another Ray on this machine would overwrite.
+            f"--temp-dir={self.ray_temp_dir}",
         ]
         if c.num_cpus is not None:
             cmd.append(f"--num-cpus={c.num_cpus}")

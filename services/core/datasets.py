@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from jobs.data import DataError, describe_table, file_sha256, stream_sha256
 from jobs.datasets import BUILTIN, BUILTIN_SCHEME
+from jobs.images import LABELS_FILE, read_image_folder
 from jobs.quality import quality_report
 from services.core.dataset_uris import (
     Location,
@@ -218,7 +219,12 @@ def register_uri(
     target: str | None = None,
 ) -> Dataset:
     """Register a CSV or Parquet file by URI: confined, hashed (streamed), parsed once for its
-    schema and quality report. Nothing is recorded (nor written) unless all of it succeeds."""
+    schema and quality report. Nothing is recorded (nor written) unless all of it succeeds.
+
+    A local folder (a path ending in '/') holding ``labels.csv`` and PNG/JPEG files is an
+    image dataset: decoded once into Parquet in artifact storage (see jobs/images.py)."""
+    if uri.endswith("/") and uri.startswith("/"):
+        return _register_image_folder(session, artifact_root, roots, name, uri, target)
     try:
         loc = confine(uri, roots)
         with open_location(loc) as f:
@@ -270,6 +276,64 @@ def register_uri(
     except BaseException:
         if final is not None:
             final.unlink(missing_ok=True)
+        raise
+
+
+def _register_image_folder(
+    session: Session,
+    artifact_root: Path,
+    roots: list[Root],
+    name: str,
+    uri: str,
+    target: str | None,
+) -> Dataset:
+    try:
+        # The labels file is what is confined: the folder is its parent, and images are read
+        # only from inside it (jobs/images.py skips anything that resolves elsewhere).
+        labels = confine(uri + LABELS_FILE, roots)
+    except UriRejected as exc:
+        raise _uri_invalid(f"{exc} (an image folder needs a {LABELS_FILE})") from exc
+    try:
+        folder = read_image_folder(Path(labels.path).parent)
+    except DataError as exc:
+        raise _uri_invalid(str(exc)) from exc
+    columns, quality = _described(folder.table, uri, "uri", target)
+    # Unreadable files were left out; the report says which and why.
+    quality["skipped_files"] = folder.skipped
+    if folder.skipped:
+        quality["warnings"].insert(
+            0,
+            {
+                "kind": "skipped_files",
+                "column": None,
+                "message": f"{len(folder.skipped)} file(s) left out of the image folder: "
+                + ", ".join(s["file"] for s in folder.skipped[:10]),
+            },
+        )
+    dataset_id = new_id("ds")
+    target_dir = artifact_root / "datasets"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    final = target_dir / f"{dataset_id}.parquet"
+    pq.write_table(folder.table, final, compression="zstd")
+    try:
+        return DatasetRepository(session).add(
+            Dataset(
+                id=dataset_id,
+                name=name,
+                uri=str(final),
+                format="image_folder",
+                sha256=file_sha256(final),
+                source_sha256=file_sha256(Path(labels.path)),
+                num_rows=folder.table.num_rows,
+                size_bytes=final.stat().st_size,
+                columns=columns,
+                builtin=False,
+                source_uri=uri,
+                quality=quality,
+            )
+        )
+    except BaseException:
+        final.unlink(missing_ok=True)
         raise
 
 

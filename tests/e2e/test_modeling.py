@@ -245,8 +245,9 @@ def test_an_image_model_serves_arrays_and_refuses_wrong_shapes(stack: Stack) -> 
         ),
         (
             {
-                "dataset": {"id": "ds_builtin_digits", "target": "digit"},
-                "model": {"architecture": "gru"},
+                # a series of 32 steps is not an image
+                "dataset": {"id": "ds_builtin_sines", "target": "label"},
+                "model": {"architecture": "cnn"},
             },
             ["dataset", "features"],
         ),

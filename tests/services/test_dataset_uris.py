@@ -505,3 +505,32 @@ def test_s3_csv_and_missing_objects(api: Client, tree: Tree, s3: _S3) -> None:
     assert stored_row(api, r.json()["id"]).uri.startswith(str(tree.artifacts / "datasets"))
     r = register(api, f"s3://{BUCKET}/data/absent.parquet")
     assert r.status_code == 422 and fields(r) == {("uri",)}
+
+
+def test_an_image_folder_is_decoded_once_and_unreadable_files_are_named(
+    api: Client, tree: Tree
+) -> None:
+    from PIL import Image
+
+    folder = tree.allowed / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    (folder / "labels.csv").write_text(
+        "file,digit\n0.png,0\n1.png,1\n2.png,0\n3.png,1\nbad.png,1\n"
+    )
+    r = register(api, f"{folder}/", name="pictures", target="digit")
+    assert r.status_code == 201, r.text
+    d = api.get(f"/v1/datasets/{r.json()['id']}").json()
+    assert (d["format"], d["num_rows"]) == ("image_folder", 4)
+    image = next(c for c in d["columns"] if c["name"] == "image")
+    assert (image["kind"], image["shape"]) == ("array", [8, 8])
+    assert [s["file"] for s in d["quality"]["skipped_files"]] == ["bad.png"]
+    assert "bad.png" in d["quality"]["warnings"][0]["message"]
+    # a folder without labels.csv, or outside the roots, is refused naming uri
+    (tree.allowed / "empty").mkdir()
+    for uri in (f"{tree.allowed}/empty/", f"{tree.outside}/"):
+        bad = register(api, uri, name="nope")
+        assert bad.status_code == 422 and fields(bad) == {("uri",)}, bad.text
