@@ -190,6 +190,24 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     )
 
 
+def start_quality(spec: JobSpec, dataset_uri: str) -> dict[str, Any]:
+    """The data quality report of what this job reads (its inputs, target and sensitive
+    columns), as the data is now: the warnings, and the missing rate of each column."""
+    from jobs.quality import quality_report
+
+    path = resolve_uri(dataset_uri)
+    names = pq.read_schema(path).names
+    wanted = [*feature_columns(spec, names), spec.dataset.target, *spec.audit.sensitive_features]
+    table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
+    report = quality_report(table, spec.dataset.target)
+    return {
+        "rows": report["num_rows"],
+        "duplicate_rows": report["duplicate_rows"],
+        "warnings": report["warnings"],
+        "missing_rate": {c["name"]: c["missing_rate"] for c in report["columns"]},
+    }
+
+
 def windows(
     spec: JobSpec, path: str, columns: Columns, kinds: dict[str, Any]
 ) -> tuple[Columns, dict[str, Any], np.ndarray, np.ndarray]:
@@ -266,6 +284,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         task=spec.resolved_task,
         split_sizes=prepared.split_sizes,
         classes=prepared.classes,
+        data_quality=start_quality(spec, manifest.dataset_uri),
     )
     data = prepared.train
     if manifest.parent is not None:

@@ -133,3 +133,20 @@ def test_a_long_table_becomes_windows_of_one_series_each(tmp_path: Path) -> None
             ),
             str(path),
         )
+
+
+def test_the_job_start_quality_report_covers_what_the_job_reads() -> None:
+    from jobs.run import start_quality
+    from jobs.spec import JobSpec
+
+    spec = JobSpec.model_validate(
+        {
+            "name": "q",
+            "dataset": {"id": "d", "target": "income", "features": ["age", "workclass"]},
+            "audit": {"sensitive_features": ["race"]},
+        }
+    )
+    q = start_quality(spec, "builtin://adult")
+    assert set(q["missing_rate"]) == {"age", "workclass", "income", "race"}
+    assert q["rows"] == 48842 and q["missing_rate"]["workclass"] > 0.05
+    assert all("message" in w for w in q["warnings"])
