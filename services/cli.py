@@ -290,10 +290,28 @@ def promote(
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
     as_json: JsonOpt = False,
+    override: Annotated[
+        str | None,
+        typer.Option(help="Promote even if the spec's gates fail, for this written reason."),
+    ] = None,
 ) -> None:
-    """Serve a succeeded job's best model at an endpoint."""
+    """Serve a succeeded job's best model at an endpoint, if it passes the spec's gates."""
     try:
-        _out(_client(url, token).promote(job_id, endpoint), as_json)
+        _out(_client(url, token).promote(job_id, endpoint, override), as_json)
+    except CrucibleError as exc:
+        _fail(exc)
+
+
+@app.command()
+def rollback(
+    endpoint: str,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve the version an endpoint served before its current one."""
+    try:
+        _out(_client(url, token).rollback(endpoint), as_json)
     except CrucibleError as exc:
         _fail(exc)
 

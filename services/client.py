@@ -147,8 +147,17 @@ class Crucible:
             time.sleep(poll)
 
     # models and serving
-    def promote(self, job_id: str, endpoint: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/promote", json={"endpoint": endpoint})
+    def promote(
+        self, job_id: str, endpoint: str, override_reason: str | None = None
+    ) -> dict[str, Any]:
+        """``override_reason``: promote even if the gates fail, for this written reason."""
+        body: dict[str, Any] = {"endpoint": endpoint}
+        if override_reason is not None:
+            body.update(override=True, reason=override_reason)
+        return self._call("POST", f"/v1/jobs/{job_id}/promote", json=body)
+
+    def rollback(self, endpoint: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/endpoints/{endpoint}/rollback")
 
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/models")["items"]

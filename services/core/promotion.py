@@ -1,16 +1,26 @@
-"""Promotion: register a job's best model as a model version and put it behind an endpoint."""
+"""Promotion: register a job's best model as a model version, judge it against the spec's
+gates, and put it behind an endpoint without a moment where the endpoint cannot answer."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from jobs.spec import LOWER_IS_BETTER, PromotionSpec
 from services.core.errors import Conflict, DomainError, Invalid, NotFound
 from services.core.ids import new_id
 from services.core.jobs import get_job
 from services.orchestrator.serve_deployer import EndpointTarget, ServeDeployer
 from services.store.db import Database
-from services.store.models import Endpoint, ModelVersion, Promotion, utcnow
+from services.store.models import Endpoint, Job, ModelVersion, Promotion, utcnow
 from services.store.repositories import (
     DatasetRepository,
     EndpointRepository,
@@ -18,9 +28,16 @@ from services.store.repositories import (
     TokenRepository,
 )
 
+log = logging.getLogger("crucible.promotion")
+
 ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Paths the Serve proxy answers itself.
 RESERVED = frozenset({"-", "api", "healthz", "routes"})
+AUTO_ACTOR = "auto"
+
+
+class GateFailed(Conflict):
+    """The model misses a promotion gate; ``fields`` name each failed check with its numbers."""
 
 
 def check_endpoint_name(name: str) -> None:
@@ -35,6 +52,32 @@ def check_endpoint_name(name: str) -> None:
                 }
             ],
         )
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """The control plane's package version and git commit (None when not a checkout). Jobs run
+    this same tree (Ray's working_dir), so it names the code that trained the model."""
+    try:
+        package: str | None = metadata.version("crucible")
+    except metadata.PackageNotFoundError:
+        package = None
+    commit = os.environ.get("CRUCIBLE_GIT_COMMIT")
+    root = Path(__file__).resolve().parents[2]
+    if commit is None and (root / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            )
+            commit = out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"package": package, "git_commit": commit}
 
 
 def register_model(db: Database, job_id: str) -> str:
@@ -61,81 +104,321 @@ def register_model(db: Database, job_id: str) -> str:
                 bundle_digest=job.bundle_digest,
                 metrics={"test": job.evaluation, "validation": job.best_metrics},
                 audit_passed=audit.get("passed"),
+                code_version=code_version(),
             )
         )
         return model.id
 
 
-def _targets(
-    db: Database, override: tuple[str, str] | None
+# --- gates ------------------------------------------------------------------------------------
+
+
+def promotion_spec(job: Job) -> PromotionSpec:
+    try:
+        return PromotionSpec.model_validate((job.spec or {}).get("promotion") or {})
+    except ValidationError:
+        # The spec was valid when submitted; a section an older version wrote differently
+        # must not make a model unpromotable, so it gates nothing (an override is not needed).
+        log.warning("job %s has a promotion section this version cannot read", job.id)
+        return PromotionSpec()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def judge(
+    spec: PromotionSpec,
+    evaluation: dict[str, Any] | None,
+    audit_passed: bool | None,
+    serving: ModelVersion | None,
+) -> list[dict[str, Any]]:
+    """Every gate check with its numbers; ``serving``: the model the endpoint serves now."""
+    test = evaluation or {}
+    checks: list[dict[str, Any]] = []
+    for metric, bound in spec.require.bounds().items():
+        value = test.get(metric)
+        check: dict[str, Any] = {
+            "check": "require",
+            "loc": ["promotion", "require", metric],
+            "metric": metric,
+            "value": value,
+            "min": bound.min,
+            "max": bound.max,
+        }
+        if not isinstance(value, int | float):
+            check.update(passed=False, msg=f"the test evaluation has no '{metric}'")
+        elif bound.min is not None and value < bound.min:
+            msg = f"{metric} {_fmt(value)} is below the minimum {_fmt(bound.min)}"
+            check.update(passed=False, msg=msg)
+        elif bound.max is not None and value > bound.max:
+            msg = f"{metric} {_fmt(value)} is above the maximum {_fmt(bound.max)}"
+            check.update(passed=False, msg=msg)
+        else:
+            check.update(passed=True, msg=f"{metric} {_fmt(value)} is within its bounds")
+        checks.append(check)
+    if spec.require.audit_passed:
+        checks.append(
+            {
+                "check": "audit_passed",
+                "loc": ["promotion", "require", "audit_passed"],
+                "value": audit_passed,
+                "passed": audit_passed is True,
+                "msg": "the fairness audit passed"
+                if audit_passed
+                else "the fairness audit did not pass",
+            }
+        )
+    limit = spec.max_regression
+    if limit is not None:
+        checks.append(_regression_check(limit.metric, limit.tolerance, test, serving))
+    return checks
+
+
+def _regression_check(
+    metric: str, tolerance: float, test: dict[str, Any], serving: ModelVersion | None
+) -> dict[str, Any]:
+    value = test.get(metric)
+    check: dict[str, Any] = {
+        "check": "max_regression",
+        "loc": ["promotion", "max_regression", "metric"],
+        "metric": metric,
+        "value": value,
+        "tolerance": tolerance,
+        "serving_model_id": serving.id if serving else None,
+        "serving_value": None,
+    }
+    if serving is None:
+        return {**check, "passed": True, "msg": "nothing serves the endpoint yet"}
+    old = ((serving.metrics or {}).get("test") or {}).get(metric)
+    check["serving_value"] = old
+    if not isinstance(old, int | float):
+        # Nothing to compare with is not a reason to keep a model out.
+        return {**check, "passed": True, "msg": f"the serving model has no '{metric}'"}
+    if not isinstance(value, int | float):
+        return {**check, "passed": False, "msg": f"the test evaluation has no '{metric}'"}
+    worse_by = value - old if metric in LOWER_IS_BETTER else old - value
+    passed = worse_by <= tolerance
+    relation = "within" if passed else "beyond"
+    msg = (
+        f"{metric} {_fmt(value)} against {_fmt(old)} for {serving.id}: worse by "
+        f"{_fmt(max(worse_by, 0.0))}, {relation} the tolerance {_fmt(tolerance)}"
+    )
+    return {**check, "passed": passed, "msg": msg}
+
+
+# --- deployment -------------------------------------------------------------------------------
+
+
+def _target(m: ModelVersion, endpoint: str) -> EndpointTarget:
+    return EndpointTarget(endpoint, m.id, m.bundle_uri, m.bundle_digest)
+
+
+def _live(
+    db: Database, switch: tuple[str, str] | None = None
 ) -> tuple[list[EndpointTarget], list[str]]:
+    """What every endpoint serves per the database, with ``switch`` (endpoint, model) applied."""
     with db.session() as s:
         models = ModelRepository(s)
         wanted = {e.name: e.model_id for e in EndpointRepository(s).list()}
-        if override is not None:
-            wanted[override[0]] = override[1]
+        if switch is not None:
+            wanted[switch[0]] = switch[1]
         targets = []
         for name, model_id in sorted(wanted.items()):
             m = models.get(model_id)
             assert m is not None
-            targets.append(EndpointTarget(name, m.id, m.bundle_uri, m.bundle_digest))
+            targets.append(_target(m, name))
         return targets, TokenRepository(s).active_hashes()
 
 
-def promote(
-    db: Database, deployer: ServeDeployer, job_id: str, endpoint: str, actor: str
-) -> dict[str, Any]:
-    check_endpoint_name(endpoint)
-    model_id = register_model(db, job_id)
-    with deployer.lock:
-        with db.session() as s:
-            current = EndpointRepository(s).get(endpoint)
-            previous = current.model_id if current else None
-        targets, hashes = _targets(db, (endpoint, model_id))
+def _record(db: Database, promotion: Promotion) -> None:
+    with db.session() as s:
+        EndpointRepository(s).add_promotion(promotion)
+
+
+def _deploy(
+    db: Database,
+    deployer: ServeDeployer,
+    endpoint: str,
+    model_id: str,
+    previous: str | None,
+    record: dict[str, Any],
+) -> None:
+    """Blue/green: start ``model_id`` beside the live version, wait until it predicts, then
+    move the route. Call with ``deployer.lock`` held. A version that fails to start is removed
+    and recorded as a failed promotion; the live version is never touched."""
+    with db.session() as s:
+        m = ModelRepository(s).get(model_id)
+        assert m is not None
+        candidate = _target(m, endpoint)
+    live, hashes = _live(db)
+    try:
+        deployer.apply(live, hashes, candidate)
+        deployer.wait_running(candidate)
+    except DomainError as exc:
         try:
-            deployer.apply(targets, hashes)
-            deployer.wait_running(endpoint, model_id)
-        except DomainError as exc:
-            # Put Serve back the way the database says it was; the old version keeps serving.
-            restore, hashes = _targets(db, None)
-            try:
-                deployer.apply(restore, hashes)
-            finally:
-                with db.session() as s:
-                    EndpointRepository(s).add_promotion(
-                        Promotion(
-                            endpoint=endpoint,
-                            model_id=model_id,
-                            previous_model_id=previous,
-                            actor=actor,
-                            status="failed",
-                            detail=exc.detail,
-                        )
-                    )
-            raise
-        with db.session() as s:
-            repo = EndpointRepository(s)
-            row = repo.get(endpoint)
-            if row is None:
-                repo.add(Endpoint(name=endpoint, model_id=model_id, status="running"))
-            else:
-                row.model_id, row.status, row.updated_at = model_id, "running", utcnow()
-            repo.add_promotion(
+            deployer.apply(*_live(db))
+        finally:
+            _record(
+                db,
                 Promotion(
                     endpoint=endpoint,
                     model_id=model_id,
                     previous_model_id=previous,
-                    actor=actor,
-                    status="succeeded",
-                )
+                    status="failed",
+                    detail=exc.detail,
+                    **record,
+                ),
             )
-    return {"endpoint": endpoint, "model_id": model_id, "url": deployer.url(endpoint)}
+        raise
+    switched, hashes = _live(db, (endpoint, model_id))
+    deployer.apply(switched, hashes)
+    with db.session() as s:
+        repo = EndpointRepository(s)
+        row = repo.get(endpoint)
+        if row is None:
+            repo.add(Endpoint(name=endpoint, model_id=model_id, status="running"))
+        else:
+            row.model_id, row.status, row.updated_at = model_id, "running", utcnow()
+        repo.add_promotion(
+            Promotion(
+                endpoint=endpoint,
+                model_id=model_id,
+                previous_model_id=previous,
+                status="succeeded",
+                **record,
+            )
+        )
+    deployer.wait_settled(switched)
 
 
-def model_view(m: ModelVersion, job_spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``job_spec``: the spec of the job that trained it, for the parent model it started from
-    (transfer learning) and its architecture."""
-    model = (job_spec or {}).get("model") or {}
+def promote(
+    db: Database,
+    deployer: ServeDeployer,
+    job_id: str,
+    endpoint: str,
+    actor: str,
+    reason: str | None = None,
+    kind: str = "promote",
+) -> dict[str, Any]:
+    """Promote the job's model to ``endpoint`` if it passes the spec's gates. ``reason``: an
+    override, written down; with it the gates are judged and stored but do not stop the
+    promotion."""
+    check_endpoint_name(endpoint)
+    if reason is not None and not reason.strip():
+        raise Invalid("an override needs a written reason", [{"loc": ["reason"], "msg": "empty"}])
+    model_id = register_model(db, job_id)
+    with deployer.lock:
+        with db.session() as s:
+            job = get_job(s, job_id)
+            models = ModelRepository(s)
+            model = models.get(model_id)
+            assert model is not None
+            current = EndpointRepository(s).get(endpoint)
+            previous = current.model_id if current else None
+            serving = models.get(previous) if previous else None
+            checks = judge(promotion_spec(job), job.evaluation, model.audit_passed, serving)
+        failed = [c for c in checks if not c["passed"]]
+        record = {"actor": actor, "kind": kind, "reason": reason, "checks": checks}
+        if failed and reason is None:
+            detail = "; ".join(c["msg"] for c in failed)
+            _record(
+                db,
+                Promotion(
+                    endpoint=endpoint,
+                    model_id=model_id,
+                    previous_model_id=previous,
+                    status="rejected",
+                    detail=detail,
+                    **record,
+                ),
+            )
+            raise GateFailed(
+                f"model {model_id} failed {len(failed)} promotion gate(s): {detail}",
+                [{k: v for k, v in c.items() if k != "check"} for c in failed],
+            )
+        if previous != model_id:
+            _deploy(db, deployer, endpoint, model_id, previous, record)
+        else:
+            # Already serving: keep it as it is, and say so in the history.
+            _record(
+                db,
+                Promotion(
+                    endpoint=endpoint,
+                    model_id=model_id,
+                    previous_model_id=previous,
+                    status="succeeded",
+                    detail="already serving",
+                    **record,
+                ),
+            )
+    return {
+        "endpoint": endpoint,
+        "model_id": model_id,
+        "url": deployer.url(endpoint),
+        "checks": checks,
+        "overridden": bool(failed),
+    }
+
+
+def rollback(db: Database, deployer: ServeDeployer, endpoint: str, actor: str) -> dict[str, Any]:
+    """Serve the version the current one replaced, the same blue/green way."""
+    with deployer.lock:
+        with db.session() as s:
+            repo = EndpointRepository(s)
+            current = repo.get(endpoint)
+            if current is None:
+                raise NotFound(f"no endpoint '{endpoint}'")
+            # The promotion that put the current version there names what it replaced.
+            arrival = next(
+                (
+                    p
+                    for p in repo.promotions(endpoint)
+                    if p.status == "succeeded"
+                    and p.model_id == current.model_id
+                    and p.previous_model_id != current.model_id
+                ),
+                None,
+            )
+            target = arrival.previous_model_id if arrival else None
+            if target is None:
+                raise Conflict(f"endpoint '{endpoint}' has no previous version to roll back to")
+            served = current.model_id
+        record = {"actor": actor, "kind": "rollback", "reason": None, "checks": None}
+        _deploy(db, deployer, endpoint, target, served, record)
+    return {"endpoint": endpoint, "model_id": target, "url": deployer.url(endpoint)}
+
+
+def auto_promote(db: Database, deployer: ServeDeployer, job_id: str) -> dict[str, Any] | None:
+    """Promote a succeeded job whose spec asks for it (``promotion.auto``), once: a job whose
+    model already has an automatic attempt recorded is left alone. Gate failures and failed
+    deployments are recorded in the endpoint's history, not raised."""
+    with db.session() as s:
+        job = get_job(s, job_id)
+        spec = promotion_spec(job)
+        if job.status != "succeeded" or not spec.auto or spec.auto_endpoint is None:
+            return None
+        model = ModelRepository(s).for_job(job_id)
+        if model is not None and any(
+            p.kind == "auto" for p in EndpointRepository(s).promotions_of_model(model.id)
+        ):
+            return None
+    try:
+        return promote(db, deployer, job_id, spec.auto_endpoint, AUTO_ACTOR, kind="auto")
+    except DomainError as exc:
+        log.info("auto promotion of job %s to %s: %s", job_id, spec.auto_endpoint, exc.detail)
+        return None
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def model_view(m: ModelVersion, job: Job | None = None) -> dict[str, Any]:
+    """``job``: the job that trained it, for its spec, the parent model it started from
+    (transfer learning) and its audit."""
+    spec = job.spec if job is not None else None
+    model = (spec or {}).get("model") or {}
+    audit = job.audit if job is not None else None
     return {
         "id": m.id,
         "lineage": {
@@ -144,12 +427,23 @@ def model_view(m: ModelVersion, job_spec: dict[str, Any] | None = None) -> dict[
             "dataset_id": m.dataset_id,
             "dataset_sha256": m.dataset_sha256,
             "parent_model_id": model.get("init_from"),
+            "bundle_digest": m.bundle_digest,
+            "code_version": m.code_version,
         },
         "bundle_digest": m.bundle_digest,
+        "spec": spec,
         "metrics": m.metrics,
         "audit_passed": m.audit_passed,
+        "audit": _audit_summary(audit),
         "created_at": m.created_at.isoformat(),
     }
+
+
+def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The verdict and its checks; the full document stays at GET /v1/jobs/{id}/audit."""
+    if audit is None:
+        return None
+    return {"passed": audit.get("passed"), "checks": audit.get("checks", [])}
 
 
 def endpoint_view(db: Database, deployer: ServeDeployer, name: str) -> dict[str, Any]:
@@ -160,11 +454,14 @@ def endpoint_view(db: Database, deployer: ServeDeployer, name: str) -> dict[str,
             raise NotFound(f"no endpoint '{name}'")
         history = [
             {
+                "kind": p.kind or "promote",
                 "model_id": p.model_id,
                 "previous_model_id": p.previous_model_id,
                 "actor": p.actor,
                 "status": p.status,
                 "detail": p.detail,
+                "reason": p.reason,
+                "checks": p.checks,
                 "at": p.created_at.isoformat(),
             }
             for p in repo.promotions(name)

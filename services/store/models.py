@@ -166,6 +166,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     audit_passed: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # {"package": version, "git_commit": sha or None} when registered; None before 0004.
+    code_version: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Endpoint(Base):
@@ -189,6 +191,12 @@ class Promotion(Base):
     status: Mapped[str] = mapped_column(String(20))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # promote | rollback | auto; None on rows older than migration 0004 (all promotions).
+    kind: Mapped[str | None] = mapped_column(String(20))
+    # The written reason of an override: the gates failed and a person promoted anyway.
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Every gate check as judged then, so the history shows what an override overrode.
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class Audit(Base):

@@ -210,6 +210,10 @@ class EndpointRepository:
         q = select(Promotion).where(Promotion.endpoint == name).order_by(Promotion.id.desc())
         return self.s.scalars(q).all()
 
+    def promotions_of_model(self, model_id: str) -> Sequence[Promotion]:
+        q = select(Promotion).where(Promotion.model_id == model_id).order_by(Promotion.id)
+        return self.s.scalars(q).all()
+
 
 class AuditRepository:
     def __init__(self, session: Session) -> None:

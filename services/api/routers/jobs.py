@@ -195,11 +195,35 @@ def _parse_event_id(value: str | None) -> int:
 
 class PromoteRequest(BaseModel):
     endpoint: str = Field(description="Endpoint name: lower-case letters, digits, '-'.")
+    override: bool = Field(
+        False,
+        description="Promote even if the spec's promotion gates fail; needs a written reason, "
+        "stored with the gate results in the endpoint's history.",
+    )
+    reason: str | None = Field(
+        None, max_length=2000, description="Why the gates are overridden (with override)."
+    )
 
 
 @router.post("/{job_id}/promote")
 def promote_job(
     job_id: str, body: PromoteRequest, services: ServicesDep, user: CurrentUser
 ) -> dict[str, Any]:
-    """Register the job's best model and serve it at the endpoint (waits until it answers)."""
-    return promote(services.db, services.deployer, job_id, body.endpoint, actor=user.name)
+    """Register the job's best model, check the spec's promotion gates (409 listing each failed
+    check with its numbers, unless overridden with a reason), and serve it at the endpoint: the
+    new version starts beside the old one and must predict on its sample rows before traffic
+    moves (waits until it answers)."""
+    reason = (body.reason or "").strip()
+    if body.override and not reason:
+        raise Invalid(
+            "an override needs a written reason",
+            [{"loc": ["reason"], "msg": "say why the gates are overridden"}],
+        )
+    return promote(
+        services.db,
+        services.deployer,
+        job_id,
+        body.endpoint,
+        actor=user.name,
+        reason=reason if body.override else None,
+    )

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import CurrentUser, ServicesDep
 from services.core.errors import NotFound
-from services.core.promotion import endpoint_view, model_view
+from services.core.promotion import endpoint_view, model_view, rollback
 from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -23,23 +23,20 @@ def list_models(
         jobs = JobRepository(s)
         return {
             "items": [
-                model_view(m, _spec(jobs, m.job_id)) for m in ModelRepository(s).list(limit, offset)
+                model_view(m, jobs.get(m.job_id)) for m in ModelRepository(s).list(limit, offset)
             ]
         }
 
 
 @router.get("/models/{model_id}")
 def show_model(model_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+    """A model version with its lineage: job, trial, spec, dataset sha256, bundle digest, code
+    version, metrics, audit verdict and the parent model it started from."""
     with services.db.session() as s:
         m = ModelRepository(s).get(model_id)
         if m is None:
             raise NotFound(f"no model '{model_id}'")
-        return model_view(m, _spec(JobRepository(s), m.job_id))
-
-
-def _spec(jobs: JobRepository, job_id: str) -> dict[str, Any] | None:
-    job = jobs.get(job_id)
-    return job.spec if job is not None else None
+        return model_view(m, JobRepository(s).get(m.job_id))
 
 
 @router.get("/endpoints")
@@ -52,3 +49,10 @@ def list_endpoints(services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
 @router.get("/endpoints/{name}")
 def show_endpoint(name: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
     return endpoint_view(services.db, services.deployer, name)
+
+
+@router.post("/endpoints/{name}/rollback")
+def rollback_endpoint(name: str, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+    """Serve the version the current one replaced: it starts and must predict on its sample
+    rows before traffic moves back (waits until it answers); 409 when there is none."""
+    return rollback(services.db, services.deployer, name, actor=user.name)
