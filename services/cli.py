@@ -294,10 +294,15 @@ def promote(
         str | None,
         typer.Option(help="Promote even if the spec's gates fail, for this written reason."),
     ] = None,
+    mitigated: Annotated[
+        bool,
+        typer.Option(help="Promote the job's fairness-mitigated candidate (audit.mitigation)."),
+    ] = False,
 ) -> None:
     """Serve a succeeded job's best model at an endpoint, if it passes the spec's gates."""
+    candidate = "mitigated" if mitigated else "best"
     try:
-        _out(_client(url, token).promote(job_id, endpoint, override), as_json)
+        _out(_client(url, token).promote(job_id, endpoint, override, candidate), as_json)
     except CrucibleError as exc:
         _fail(exc)
 

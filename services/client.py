@@ -148,10 +148,15 @@ class Crucible:
 
     # models and serving
     def promote(
-        self, job_id: str, endpoint: str, override_reason: str | None = None
+        self,
+        job_id: str,
+        endpoint: str,
+        override_reason: str | None = None,
+        candidate: str = "best",
     ) -> dict[str, Any]:
-        """``override_reason``: promote even if the gates fail, for this written reason."""
-        body: dict[str, Any] = {"endpoint": endpoint}
+        """``override_reason``: promote even if the gates fail, for this written reason.
+        ``candidate``: "best", or "mitigated" (the job's fairness-mitigated variant)."""
+        body: dict[str, Any] = {"endpoint": endpoint, "candidate": candidate}
         if override_reason is not None:
             body.update(override=True, reason=override_reason)
         return self._call("POST", f"/v1/jobs/{job_id}/promote", json=body)

@@ -17,6 +17,7 @@ from services.api.routers import audits, datasets, health, internal, jobs, model
 from services.config import Settings
 from services.core.auth import ensure_bootstrap_token
 from services.core.datasets import seed_builtins
+from services.core.promotion import auto_promote
 from services.orchestrator.ray_gateway import RayGateway
 from services.orchestrator.reconciler import Reconciler
 from services.orchestrator.serve_deployer import ServeDeployer
@@ -29,12 +30,15 @@ log = logging.getLogger("crucible.api")
 def build_services(settings: Settings) -> Services:
     db = Database(settings.resolved_database_url)
     gateway = RayGateway(settings.resolved_ray_dashboard_url, settings.ray_auth_token)
+    deployer = ServeDeployer(settings, gateway)
     return Services(
         settings=settings,
         db=db,
         gateway=gateway,
-        reconciler=Reconciler(settings, db, gateway),
-        deployer=ServeDeployer(settings, gateway),
+        reconciler=Reconciler(
+            settings, db, gateway, on_succeeded=lambda job_id: auto_promote(db, deployer, job_id)
+        ),
+        deployer=deployer,
     )
 
 

@@ -10,9 +10,10 @@ import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from jobs.spec import LOWER_IS_BETTER, PromotionSpec
 from services.core.errors import Conflict, DomainError, Invalid, NotFound
@@ -80,30 +81,62 @@ def code_version() -> dict[str, Any]:
     return {"package": package, "git_commit": commit}
 
 
-def register_model(db: Database, job_id: str) -> str:
-    """The model version of a succeeded job (created on first promotion)."""
+Candidate = Literal["best", "mitigated"]
+
+
+def candidate_outcome(job: Job, candidate: Candidate) -> dict[str, Any]:
+    """What a job produced for ``candidate``: its bundle, test evaluation and audit. The
+    mitigated one exists when the spec asked for audit.mitigation (409 otherwise)."""
+    if candidate == "best":
+        return {
+            "bundle": {"uri": job.bundle_uri, "digest": job.bundle_digest},
+            "evaluation": job.evaluation,
+            "audit": job.audit or {},
+        }
+    mitigation = (job.audit or {}).get("mitigation")
+    if not mitigation:
+        raise Conflict(
+            f"job {job.id} has no mitigated candidate (the spec did not ask for audit.mitigation)"
+        )
+    return mitigation
+
+
+def register_model(db: Database, job_id: str, candidate: Candidate = "best") -> str:
+    """The model version of a succeeded job's candidate (created on first promotion)."""
+    try:
+        return _register_model(db, job_id, candidate)
+    except IntegrityError:
+        # Two promotions of one job at once (a user and promotion.auto): one row won.
+        with db.session() as s:
+            existing = ModelRepository(s).for_job(job_id, candidate)
+            assert existing is not None
+            return existing.id
+
+
+def _register_model(db: Database, job_id: str, candidate: Candidate) -> str:
     with db.session() as s:
         job = get_job(s, job_id)
         if job.status != "succeeded" or not job.bundle_uri or not job.bundle_digest:
             raise Conflict(f"job {job_id} is {job.status}; only a succeeded job can be promoted")
         models = ModelRepository(s)
-        existing = models.for_job(job_id)
+        existing = models.for_job(job_id, candidate)
         if existing is not None:
             return existing.id
+        outcome = candidate_outcome(job, candidate)
         dataset = DatasetRepository(s).get(job.dataset_id)
         assert dataset is not None
-        audit = job.audit or {}
         model = models.add(
             ModelVersion(
                 id=new_id("mdl"),
                 job_id=job.id,
+                candidate=candidate,
                 trial_key=job.best_trial_key or "",
                 dataset_id=dataset.id,
                 dataset_sha256=dataset.sha256,
-                bundle_uri=job.bundle_uri,
-                bundle_digest=job.bundle_digest,
-                metrics={"test": job.evaluation, "validation": job.best_metrics},
-                audit_passed=audit.get("passed"),
+                bundle_uri=outcome["bundle"]["uri"],
+                bundle_digest=outcome["bundle"]["digest"],
+                metrics={"test": outcome["evaluation"], "validation": job.best_metrics},
+                audit_passed=outcome["audit"].get("passed"),
                 code_version=code_version(),
             )
         )
@@ -290,6 +323,7 @@ def _deploy(
             )
         )
     deployer.wait_settled(switched)
+    deployer.wait_routed(endpoint)
 
 
 def promote(
@@ -300,6 +334,7 @@ def promote(
     actor: str,
     reason: str | None = None,
     kind: str = "promote",
+    candidate: Candidate = "best",
 ) -> dict[str, Any]:
     """Promote the job's model to ``endpoint`` if it passes the spec's gates. ``reason``: an
     override, written down; with it the gates are judged and stored but do not stop the
@@ -307,7 +342,7 @@ def promote(
     check_endpoint_name(endpoint)
     if reason is not None and not reason.strip():
         raise Invalid("an override needs a written reason", [{"loc": ["reason"], "msg": "empty"}])
-    model_id = register_model(db, job_id)
+    model_id = register_model(db, job_id, candidate)
     with deployer.lock:
         with db.session() as s:
             job = get_job(s, job_id)
@@ -317,7 +352,8 @@ def promote(
             current = EndpointRepository(s).get(endpoint)
             previous = current.model_id if current else None
             serving = models.get(previous) if previous else None
-            checks = judge(promotion_spec(job), job.evaluation, model.audit_passed, serving)
+            evaluation = candidate_outcome(job, candidate)["evaluation"]
+            checks = judge(promotion_spec(job), evaluation, model.audit_passed, serving)
         failed = [c for c in checks if not c["passed"]]
         record = {"actor": actor, "kind": kind, "reason": reason, "checks": checks}
         if failed and reason is None:
@@ -421,6 +457,7 @@ def model_view(m: ModelVersion, job: Job | None = None) -> dict[str, Any]:
     audit = job.audit if job is not None else None
     return {
         "id": m.id,
+        "candidate": m.candidate,
         "lineage": {
             "job_id": m.job_id,
             "trial_id": m.trial_key,

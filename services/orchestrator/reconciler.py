@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,13 +42,30 @@ class _Snapshot:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, db: Database, gateway: RayGateway) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        gateway: RayGateway,
+        on_succeeded: Callable[[str], object] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.gateway = gateway
+        # Called (on its own thread: a deployment takes seconds) for each job that succeeded,
+        # whether its result arrived as an event or was read from storage after an outage.
+        self.on_succeeded = on_succeeded
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def succeeded(self, job_id: str) -> None:
+        # Only a running control loop acts on its own (an app built without one, as in unit
+        # tests, leaves it to the caller).
+        if self.on_succeeded is not None and self._thread is not None:
+            threading.Thread(
+                target=self.on_succeeded, args=(job_id,), name=f"succeeded-{job_id}", daemon=True
+            ).start()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="crucible-reconciler", daemon=True)
@@ -158,6 +176,7 @@ class Reconciler:
         result = job_dir(self.settings, job.id) / "result.json"
         if ray_status == "SUCCEEDED" and result.exists():
             ingest_result(job, json.loads(result.read_text()))
+            self.succeeded(job.id)
             return
         logs = self.gateway.job_logs_tail(submission_id(job.id, job.attempts), 2000)
         reason = {

@@ -13,14 +13,19 @@ replica before the new one starts, and a new version that cannot start leaves no
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from services.config import Settings
 from services.core.errors import UpstreamFailed
 from services.orchestrator.ray_gateway import RayGateway
+
+log = logging.getLogger(__name__)
 
 IMPORT_PATH = "services.serving.app:build"
 # Endpoint names cannot start with '_', so no endpoint's route can collide with staging.
@@ -130,6 +135,26 @@ class ServeDeployer:
             if set(apps) <= wanted:
                 return
             time.sleep(0.5)
+
+    def wait_routed(self, name: str, timeout_s: float = 30.0) -> None:
+        """Wait until Serve's HTTP proxy routes ``/<name>`` to an application: proxies learn
+        route changes asynchronously, so right after a config change (a first promotion, or
+        a route moved to a renamed application) the path can still answer 404 for a moment.
+        Any answer from our application (401 without a token) means the route is there. Where
+        nothing listens at the Serve URL the API was given (a public address it cannot reach),
+        there is nothing to wait for."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.post(self.url(name), json={}, timeout=5.0).status_code != 404:
+                    return
+            except httpx.ConnectError:
+                log.info("no Serve proxy answers at %s; not waiting for its routes", self.url(name))
+                return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        log.warning("Serve did not route %s within %.0fs", self.url(name), timeout_s)
 
     def url(self, name: str) -> str:
         return f"{self.settings.resolved_serve_url}/{name}"

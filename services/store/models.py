@@ -156,8 +156,14 @@ class JobEvent(Base):
 class ModelVersion(Base):
     __tablename__ = "model_versions"
 
+    # One per job and candidate: the best model, and a fairness-mitigated one when asked for.
+    __table_args__ = (
+        UniqueConstraint("job_id", "candidate", name="uq_model_versions_job_candidate"),
+    )
+
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    candidate: Mapped[str] = mapped_column(String(20), default="best", server_default="best")
     trial_key: Mapped[str] = mapped_column(String(100))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     dataset_sha256: Mapped[str] = mapped_column(String(64))

@@ -173,8 +173,11 @@ class ModelRepository:
     def get(self, model_id: str) -> ModelVersion | None:
         return self.s.get(ModelVersion, model_id)
 
-    def for_job(self, job_id: str) -> ModelVersion | None:
-        return self.s.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()
+    def for_job(self, job_id: str, candidate: str = "best") -> ModelVersion | None:
+        q = select(ModelVersion).where(
+            ModelVersion.job_id == job_id, ModelVersion.candidate == candidate
+        )
+        return self.s.scalars(q).first()
 
     def list(self, limit: int, offset: int) -> Sequence[ModelVersion]:
         q = select(ModelVersion).order_by(ModelVersion.created_at.desc())

@@ -68,3 +68,35 @@ def test_threshold_optimizer_candidate_passes_where_the_plain_model_fails(stack:
         bundle.predict([{k: v for k, v in rows[0].items() if k != "sex"}])
     with pytest.raises(DataError, match="not seen"):
         bundle.predict([dict(rows[0], sex="Martian")])
+
+
+def test_the_mitigated_candidate_can_be_promoted_and_needs_the_group(stack: Stack) -> None:
+    from services.client import CrucibleError
+
+    c = stack.client
+    plain = c.submit_job(
+        {
+            "name": "no-mitigation",
+            "dataset": {"id": "ds_builtin_adult", "target": "income"},
+            "model": {"hidden_sizes": [8]},
+            "training": {"epochs": 1, "batch_size": 512},
+            "search": {"num_trials": 1},
+        }
+    )
+    job = next(j for j in c.jobs() if j["name"] == "mitigation" and j["status"] == "succeeded")
+    promo = c.promote(job["id"], "fair-e2e", candidate="mitigated")
+    model = c.model(promo["model_id"])
+    assert model["candidate"] == "mitigated" and model["lineage"]["job_id"] == job["id"]
+    best = c.promote(job["id"], "best-e2e")
+    assert best["model_id"] != promo["model_id"]
+    row = c.audit(job["id"])["mitigation"]
+    bundle = load_bundle(row["bundle"]["uri"], row["bundle"]["digest"])
+    rows = bundle.manifest["sample_rows"]
+    assert c.predict(promo["url"], rows)["predictions"] == bundle.predict(rows)["predictions"]
+    with pytest.raises(CrucibleError) as exc:
+        c.predict(promo["url"], [{k: v for k, v in rows[0].items() if k != "sex"}])
+    assert exc.value.status == 422 and "'sex'" in exc.value.detail
+    assert c.wait(plain["id"], timeout=300, poll=0.5)["status"] == "succeeded"
+    with pytest.raises(CrucibleError) as none:
+        c.promote(plain["id"], "nope-e2e", candidate="mitigated")
+    assert none.value.status == 409 and "no mitigated candidate" in none.value.detail

@@ -111,3 +111,30 @@ def test_promotion_and_rollback_drop_no_request(stack: Stack) -> None:
     ]
     lineage = c.model(second["model_id"])["lineage"]
     assert lineage["job_id"] == jobs[1] and lineage["code_version"]["package"]
+
+
+def test_auto_promotion_deploys_a_job_that_passes_its_gates(stack: Stack) -> None:
+    import time
+
+    c = stack.client
+    spec = tiny_spec("auto", seed=3)
+    spec["promotion"] = {
+        "require": {"accuracy": {"min": 0.5}},
+        "auto": True,
+        "auto_endpoint": "auto-e2e",
+    }
+    job = c.submit_job(spec)
+    assert c.wait(job["id"], timeout=300, poll=0.5)["status"] == "succeeded"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            endpoint = c.endpoint("auto-e2e")
+            if endpoint.get("model_id"):
+                break
+        except CrucibleError as exc:
+            assert exc.status == 404
+        assert time.monotonic() < deadline, "the job was not promoted automatically"
+        time.sleep(1)
+    model = c.model(endpoint["model_id"])
+    assert model["lineage"]["job_id"] == job["id"]
+    assert endpoint["history"][0]["actor"] != "bootstrap"  # done by the service, not a user

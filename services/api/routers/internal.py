@@ -24,4 +24,6 @@ def post_events(
     check_job_token(services.settings.resolved_secret_key, job_id, bearer(authorization))
     with services.db.session() as s:
         new = apply_events(s, job_id, batch.events)
+    if new and any(e.type == "job.succeeded" for e in batch.events):
+        services.reconciler.succeeded(job_id)  # e.g. promotion.auto
     return {"accepted": len(batch.events), "new": new}

@@ -203,6 +203,12 @@ class PromoteRequest(BaseModel):
     reason: str | None = Field(
         None, max_length=2000, description="Why the gates are overridden (with override)."
     )
+    candidate: Literal["best", "mitigated"] = Field(
+        "best",
+        description="best: the search's best model; mitigated: its fairness-mitigated variant "
+        "(audit.mitigation), whose prediction requests must carry the mitigation's sensitive "
+        "feature.",
+    )
 
 
 @router.post("/{job_id}/promote")
@@ -226,4 +232,5 @@ def promote_job(
         body.endpoint,
         actor=user.name,
         reason=reason if body.override else None,
+        candidate=body.candidate,
     )
