@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from jobs.spec import LOWER_IS_BETTER, PromotionSpec
 from services.core.errors import Conflict, DomainError, Invalid, NotFound
@@ -25,6 +26,7 @@ from services.store.models import Endpoint, Job, ModelVersion, Promotion, utcnow
 from services.store.repositories import (
     DatasetRepository,
     EndpointRepository,
+    JobRepository,
     ModelRepository,
     TokenRepository,
 )
@@ -352,8 +354,9 @@ def promote(
             current = EndpointRepository(s).get(endpoint)
             previous = current.model_id if current else None
             serving = models.get(previous) if previous else None
-            evaluation = candidate_outcome(job, candidate)["evaluation"]
-            checks = judge(promotion_spec(job), evaluation, model.audit_passed, serving)
+            outcome = candidate_outcome(job, candidate)
+            checks = judge(promotion_spec(job), outcome["evaluation"], model.audit_passed, serving)
+            fairness = fairness_vs_serving(s, outcome["audit"], serving)
         failed = [c for c in checks if not c["passed"]]
         record = {"actor": actor, "kind": kind, "reason": reason, "checks": checks}
         if failed and reason is None:
@@ -394,7 +397,52 @@ def promote(
         "url": deployer.url(endpoint),
         "checks": checks,
         "overridden": bool(failed),
+        "fairness_vs_serving": fairness,
     }
+
+
+def fairness_vs_serving(
+    s: Session, audit: dict[str, Any], serving: ModelVersion | None
+) -> list[dict[str, Any]]:
+    """Each fairness check of the model being promoted beside the same check of the model the
+    endpoint serves now, and whether the disparity got better or worse (a ratio is better
+    higher, a difference lower). Empty for a new endpoint."""
+    if serving is None:
+        return []
+    old_job = JobRepository(s).get(serving.job_id)
+    if old_job is None:
+        return []
+    old_audit = candidate_outcome(old_job, serving.candidate)["audit"]  # type: ignore[arg-type]
+    old = {_check_key(c): c for c in old_audit.get("checks", [])}
+    out = []
+    for c in audit.get("checks", []):
+        before = old.get(_check_key(c))
+        if before is None or c.get("value") is None or before.get("value") is None:
+            continue
+        higher_is_better = str(c["metric"]).endswith("_ratio")
+        delta = c["value"] - before["value"]
+        change = (
+            "same"
+            if abs(delta) < 1e-12
+            else ("better" if (delta > 0) == higher_is_better else "worse")
+        )
+        out.append(
+            {
+                "feature": c["feature"],
+                "metric": c["metric"],
+                "method": c["method"],
+                "new": c["value"],
+                "serving": before["value"],
+                "new_passed": c["passed"],
+                "serving_passed": before["passed"],
+                "change": change,
+            }
+        )
+    return out
+
+
+def _check_key(c: dict[str, Any]) -> tuple[Any, ...]:
+    return (c.get("feature"), c.get("metric"), c.get("method"), c.get("compare"))
 
 
 def rollback(db: Database, deployer: ServeDeployer, endpoint: str, actor: str) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class Api:
         promotion: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         audit_passed: bool = True,
+        checks: list[dict[str, Any]] | None = None,
     ) -> str:
         spec: dict[str, Any] = {"name": "j", "dataset": {"id": ADULT, "target": "income"}}
         if promotion is not None:
@@ -87,7 +88,7 @@ class Api:
         result = {
             "best_trial": {"trial_id": "t1", "config": {}, "metrics": {"val_accuracy": 0.8}},
             "evaluation": evaluation or {"task": "classification", "accuracy": 0.81},
-            "audit": {"passed": audit_passed, "checks": []},
+            "audit": {"passed": audit_passed, "checks": checks or []},
             "bundle": {"uri": f"/bundles/{job_id}", "digest": "ab" * 32},
         }
         token = job_token(self.settings.resolved_secret_key, job_id)
@@ -320,3 +321,26 @@ def test_lower_errors_are_better_in_the_regression_rule() -> None:
     (check,) = judge(spec, {"rmse": 4.6}, None, serving)
     assert not check["passed"] and "worse by 0.6" in check["msg"]
     assert judge(spec, {"rmse": 1.0}, None, None)[0]["passed"]  # nothing serving yet
+
+
+def dp_check(value: float) -> dict[str, Any]:
+    return {
+        "feature": "sex",
+        "metric": "demographic_parity_ratio",
+        "method": "between_groups",
+        "compare": "point",
+        "value": value,
+        "passed": value >= 0.8,
+    }
+
+
+def test_promotion_shows_fairness_beside_the_serving_model(api: Api) -> None:
+    first = api.succeeded_job(checks=[dp_check(0.6)], audit_passed=False)
+    r = api.post(f"/v1/jobs/{first}/promote", json={"endpoint": "adult"})
+    assert r.status_code == 200, r.text
+    assert r.json()["fairness_vs_serving"] == []  # nothing served before
+    second = api.succeeded_job(checks=[dp_check(0.9)])
+    out = api.post(f"/v1/jobs/{second}/promote", json={"endpoint": "adult"}).json()
+    [row] = out["fairness_vs_serving"]
+    assert (row["serving"], row["new"], row["change"]) == (0.6, 0.9, "better")
+    assert (row["serving_passed"], row["new_passed"]) == (False, True)
