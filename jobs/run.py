@@ -494,6 +494,7 @@ def main(argv: list[str]) -> int:
     job_id = argv[1]
     manifest = Manifest.load(os.environ["CRUCIBLE_ARTIFACT_ROOT"], job_id)
     sink = EventSink(os.environ["CRUCIBLE_API_URL"], job_id, os.environ["CRUCIBLE_JOB_TOKEN"])
+    log.info("driver for job %s started (pid %d)", job_id, os.getpid())
     # The pid lets an operator (or a chaos test) find the driver of a job.
     sink.emit("job.running", f"job.running:{os.getpid()}", stage="prepare", pid=os.getpid())
     code = 0

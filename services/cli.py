@@ -24,6 +24,8 @@ datasets_app = typer.Typer(help="Register and list datasets.", no_args_is_help=T
 jobs_app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+endpoints_app = typer.Typer(help="Serving endpoints: list, show.", no_args_is_help=True)
+app.add_typer(endpoints_app, name="endpoints")
 console = Console()
 
 DEFAULT_DATA_DIR = Path.home() / ".crucible"
@@ -260,6 +262,66 @@ def jobs_cancel(
 ) -> None:
     try:
         _out(_client(url, token).cancel(job_id), as_json)
+    except CrucibleError as exc:
+        _fail(exc)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str,
+    tail: Annotated[int, typer.Option(help="Last characters to show")] = 20_000,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """The end of the job driver's output."""
+    try:
+        text = _client(url, token).logs(job_id, tail)
+    except CrucibleError as exc:
+        _fail(exc)
+    sys.stdout.write(text)
+
+
+@jobs_app.command("resume")
+def jobs_resume(
+    job_id: str,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Relaunch a job whose driver was lost; the search goes on from storage."""
+    try:
+        _out(_client(url, token).resume(job_id), as_json)
+    except CrucibleError as exc:
+        _fail(exc)
+
+
+@endpoints_app.command("list")
+def endpoints_list(
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    try:
+        items = _client(url, token).endpoints()
+    except CrucibleError as exc:
+        _fail(exc)
+    if as_json:
+        _out(items, True)
+        return
+    for e in items:
+        console.print(f"{e['name']:<24} {e.get('model_id', '')}  {e.get('url', '')}")
+
+
+@endpoints_app.command("show")
+def endpoints_show(
+    name: str,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The endpoint's current version and its promotion history."""
+    try:
+        _out(_client(url, token).endpoint(name), as_json)
     except CrucibleError as exc:
         _fail(exc)
 

@@ -161,6 +161,10 @@ class Crucible:
             body.update(override=True, reason=override_reason)
         return self._call("POST", f"/v1/jobs/{job_id}/promote", json=body)
 
+    def logs(self, job_id: str, tail: int = 20_000) -> str:
+        out: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail})
+        return str(out["logs"])
+
     def rollback(self, endpoint: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/endpoints/{endpoint}/rollback")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -232,3 +233,37 @@ def test_cli_rejects_an_unreadable_spec_without_a_traceback(stack: Stack, tmp_pa
     )
     assert out.returncode == 2
     assert "Cannot read the spec" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+def test_cli_shows_a_jobs_logs_and_the_endpoints(stack: Stack) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                *args,
+                "--url",
+                stack.url,
+                "--token",
+                stack.token,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    c = stack.client
+    done = next(j for j in c.jobs() if j["status"] == "succeeded")
+    logs = cli("jobs", "logs", done["id"], "--tail", "100000")
+    assert logs.returncode == 0, logs.stderr
+    assert f"driver for job {done['id']} started" in logs.stdout
+    missing = cli("jobs", "logs", "job_nope")
+    assert missing.returncode != 0 and "no job" in (missing.stdout + missing.stderr)
+    listed = cli("endpoints", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    names = {e["name"] for e in json.loads(listed.stdout)}
+    assert names == {e["name"] for e in c.endpoints()}
+    if names:
+        shown = cli("endpoints", "show", sorted(names)[0], "--json")
+        assert json.loads(shown.stdout)["name"] == sorted(names)[0]

@@ -286,6 +286,14 @@ def test_unknown_job_cannot_be_cancelled_or_promoted(api: Api) -> None:
     assert api.post("/v1/jobs/job_nope/promote", json={"endpoint": "e"}).status_code == 404
 
 
+def test_logs_of_a_job_not_yet_on_ray_say_so(api: Api) -> None:
+    assert api.get("/v1/jobs/job_nope/logs").status_code == 404
+    job_id = api.post("/v1/jobs", json=spec()).json()["id"]
+    r = api.get(f"/v1/jobs/{job_id}/logs")
+    assert r.status_code == 200 and r.json()["logs"] == "" and "not submitted" in r.json()["note"]
+    assert api.get(f"/v1/jobs/{job_id}/logs", params={"tail": 0}).status_code == 422
+
+
 def test_cancel_a_queued_job(api: Api) -> None:
     job_id = api.post("/v1/jobs", json=spec()).json()["id"]
     r = api.post(f"/v1/jobs/{job_id}/cancel")

@@ -106,6 +106,23 @@ def resume_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, 
     return view
 
 
+@router.get("/{job_id}/logs")
+def job_logs(
+    job_id: str,
+    services: ServicesDep,
+    _: CurrentUser,
+    tail: Annotated[int, Query(ge=1, le=1_000_000, description="Last characters")] = 20_000,
+) -> dict[str, Any]:
+    """The end of the job driver's output (its latest attempt), as Ray's Jobs API keeps it."""
+    with services.db.session() as s:
+        job = job_service.get_job(s, job_id)
+        submitted, attempt = job.submitted_at is not None, job.attempts
+    if not submitted:
+        return {"job_id": job_id, "attempt": attempt, "logs": "", "note": "not submitted yet"}
+    logs = services.gateway.job_logs_tail(submission_id(job_id, attempt), tail)
+    return {"job_id": job_id, "attempt": attempt, "logs": logs}
+
+
 @router.get("/{job_id}/evaluation")
 def job_evaluation(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
     """Test-split metrics and confusion matrix of the job's best model."""
