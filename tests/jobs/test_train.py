@@ -147,7 +147,10 @@ def test_l1_shrinks_weights_and_clipping_bounds_steps() -> None:
         lambda *a: None,
     )
     moved = (
-        sum(float((p - b).norm() ** 2) for p, b in zip(start.parameters(), before, strict=True))
+        sum(
+            float((p.detach() - b).norm() ** 2)
+            for p, b in zip(start.parameters(), before, strict=True)
+        )
         ** 0.5
     )
     assert moved <= 5.0 * 0.01 + 1e-6  # one step of lr x the clipped norm
