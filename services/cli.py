@@ -8,8 +8,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -56,9 +57,18 @@ def _out(data: Any, as_json: bool) -> None:
         console.print_json(json.dumps(data))
 
 
-def _fail(exc: CrucibleError) -> None:
+def _fail(exc: CrucibleError) -> NoReturn:
     console.print(f"[red]{exc}[/]")
     raise typer.Exit(1 if exc.status >= 500 else 2)
+
+
+def _run(call: Callable[[], Any], as_json: bool) -> None:
+    """Call the API and show the answer; an error answer exits with its message."""
+    try:
+        result = call()
+    except CrucibleError as exc:
+        _fail(exc)
+    _out(result, as_json)
 
 
 @app.command()
@@ -163,10 +173,7 @@ def datasets_upload(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a CSV or Parquet file."""
-    try:
-        _out(_client(url, token).upload_dataset(path, name), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).upload_dataset(path, name), as_json)
 
 
 @datasets_app.command("list")
@@ -247,10 +254,7 @@ def jobs_show(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    try:
-        _out(_client(url, token).job(job_id), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).job(job_id), as_json)
 
 
 @jobs_app.command("cancel")
@@ -260,10 +264,7 @@ def jobs_cancel(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    try:
-        _out(_client(url, token).cancel(job_id), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).cancel(job_id), as_json)
 
 
 @jobs_app.command("logs")
@@ -289,10 +290,7 @@ def jobs_resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Relaunch a job whose driver was lost; the search goes on from storage."""
-    try:
-        _out(_client(url, token).resume(job_id), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).resume(job_id), as_json)
 
 
 @endpoints_app.command("list")
@@ -320,10 +318,7 @@ def endpoints_show(
     as_json: JsonOpt = False,
 ) -> None:
     """The endpoint's current version and its promotion history."""
-    try:
-        _out(_client(url, token).endpoint(name), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).endpoint(name), as_json)
 
 
 @jobs_app.command("report")
@@ -363,10 +358,7 @@ def promote(
 ) -> None:
     """Serve a succeeded job's best model at an endpoint, if it passes the spec's gates."""
     candidate = "mitigated" if mitigated else "best"
-    try:
-        _out(_client(url, token).promote(job_id, endpoint, override, candidate), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).promote(job_id, endpoint, override, candidate), as_json)
 
 
 @app.command()
@@ -377,10 +369,7 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Serve the version an endpoint served before its current one."""
-    try:
-        _out(_client(url, token).rollback(endpoint), as_json)
-    except CrucibleError as exc:
-        _fail(exc)
+    _run(lambda: _client(url, token).rollback(endpoint), as_json)
 
 
 @app.command()
