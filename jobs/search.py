@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
+import ray.train
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -124,7 +125,7 @@ class SpaceCodec:
         return out
 
 
-def _resume_state(checkpoint: tune.Checkpoint | None) -> TrainState | None:
+def _resume_state(checkpoint: ray.train.Checkpoint | None) -> TrainState | None:
     """The state a restored trial goes on from.
 
     Tune deletes a surplus checkpoint as soon as a newer one lands but snapshots the

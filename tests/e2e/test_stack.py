@@ -158,6 +158,28 @@ def test_killed_driver_is_relaunched_and_the_search_resumes(
         assert [h["epoch"] for h in t["history"]] == list(range(1, 13))
 
 
+def run_cli(
+    stack: Stack, *args: str, token: str | None = None, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``crucible <args>`` against the stack, as a user runs it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            *args,
+            "--url",
+            stack.url,
+            "--token",
+            token or stack.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
 def test_cli_submit_follow_shows_progress_and_leaderboard(
     stack: Stack, adult_small: Path, tmp_path: Path
 ) -> None:
@@ -172,86 +194,25 @@ def test_cli_submit_follow_shows_progress_and_leaderboard(
         "  space: {training.learning_rate: {choice: [0.01, 0.02]}}\n"
         "  algorithm: grid\n"
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "submit",
-            str(spec),
-            "--follow",
-            "--url",
-            stack.url,
-            "--token",
-            stack.token,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "160"},
-    )
+    out = run_cli(stack, "submit", str(spec), "--follow", timeout=300, COLUMNS="160")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "job succeeded" in out.stdout
     assert "Leaderboard" in out.stdout and out.stdout.count("trial") >= 2
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "submit",
-            str(spec),
-            "--url",
-            stack.url,
-            "--token",
-            "wrong",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = run_cli(stack, "submit", str(spec), token="wrong", timeout=60)
     assert bad.returncode == 2 and "401" in bad.stdout
 
 
 def test_cli_rejects_an_unreadable_spec_without_a_traceback(stack: Stack, tmp_path: Path) -> None:
     spec = tmp_path / "broken.yaml"
     spec.write_text("name: x\ndataset: {id: [unclosed\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "submit",
-            str(spec),
-            "--url",
-            stack.url,
-            "--token",
-            stack.token,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_cli(stack, "submit", str(spec), timeout=60)
     assert out.returncode == 2
     assert "Cannot read the spec" in out.stdout and "Traceback" not in out.stdout + out.stderr
 
 
 def test_cli_shows_a_jobs_logs_and_the_endpoints(stack: Stack) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                *args,
-                "--url",
-                stack.url,
-                "--token",
-                stack.token,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(stack, *args)
 
     c = stack.client
     done = next(j for j in c.jobs() if j["status"] == "succeeded")

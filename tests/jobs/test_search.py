@@ -6,13 +6,11 @@ HTTP to a small collector standing in for the control plane's event route.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +18,18 @@ import numpy as np
 import pytest
 import ray
 
+from benchmarks._common import EventCollector
 from jobs.events import EventSink
 from jobs.search import run_search
 from jobs.spec import JobSpec
 from jobs.train import TrainData
 
 
-class Collector:
-    """Receives event batches like POST /v1/internal/jobs/{id}/events does."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                collector.events.extend(body["events"])
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+class Collector(EventCollector):
+    """The event route's stand-in (benchmarks share it), answering with each event's data."""
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e["data"] for e in self.events if e["type"] == kind]
+        return [e["data"] for e in super().of(kind)]
 
 
 @pytest.fixture(scope="module")
