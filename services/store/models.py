@@ -221,3 +221,30 @@ class Audit(Base):
     num_rows: Mapped[int] = mapped_column(BigInteger)
     created_by: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ScoringRun(Base):
+    """A batch scoring run: one model version's predictions for every row of a dataset,
+    computed by a Ray job (``python -m jobs.score <id>``) and written as Parquet."""
+
+    __tablename__ = "scoring_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    # The endpoint whose live model was scored, when asked through an endpoint; the model id
+    # is resolved at request time so a later promotion does not change what this run scored.
+    endpoint: Mapped[str | None] = mapped_column(String(63))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # The dataset's digest when requested: the job refuses rows that changed since.
+    dataset_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # What the caller asked for: concurrency, batch_size, passthrough columns.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows_total: Mapped[int | None] = mapped_column(BigInteger)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_uri: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
