@@ -823,6 +823,70 @@ class RegressionLimit(_Strict):
     )
 
 
+class ServingSpec(_Strict):
+    """How an endpoint serves the model and watches it: replicas, overload, batching,
+    prediction logging and drift. Set in the spec; a promotion request may override it."""
+
+    min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept running.")
+    max_replicas: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Serve's autoscaler adds replicas up to this when requests queue "
+        "(autoscaling is on when it is above min_replicas).",
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=1000, description="Requests in flight per replica the autoscaler aims at."
+    )
+    max_ongoing_requests: int = Field(
+        16, ge=1, le=10_000, description="Requests a replica takes at once; more wait in a queue."
+    )
+    max_queued_requests: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Requests waiting for a replica beyond which new ones get 503 with "
+        "Retry-After at once, instead of hanging.",
+    )
+    max_batch_size: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Requests gathered into one forward pass (dynamic batching; 1: off).",
+    )
+    batch_wait_timeout_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="How long the first request of a batch waits for others.",
+    )
+    log_sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Fraction of requests whose inputs and predictions are logged for "
+        "monitoring (live accuracy with feedback, fairness, drift).",
+    )
+    drift_threshold: float = Field(
+        0.2,
+        gt=0,
+        description="Population stability index of a feature, logged inputs against the "
+        "training split, above which the endpoint raises a drift alert.",
+    )
+    monitoring_window: int = Field(
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="Most recent logged predictions the live figures are computed over.",
+    )
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> ServingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas is below min_replicas")
+        return self
+
+
 class PromotionSpec(_Strict):
     """Gates a promotion must pass; an override with a written reason bypasses them."""
 
@@ -840,6 +904,11 @@ class PromotionSpec(_Strict):
     )
     auto_endpoint: str | None = Field(
         None, pattern=ENDPOINT_PATTERN, description="The endpoint auto promotion serves at."
+    )
+    serving: ServingSpec = Field(
+        default_factory=lambda: ServingSpec(),
+        description="Replicas, overload, batching and monitoring of the endpoint that serves "
+        "this job's model.",
     )
 
     @model_validator(mode="after")

@@ -3,7 +3,8 @@
 Two kinds of secret reach the API:
 - user tokens (the admin bootstrap token for now), looked up by hash in the ``tokens`` table;
 - per-job tokens, an HMAC of the job id under the server's secret key, which let a job's
-  driver post events for that job and nothing else. They need no storage, so a retried
+  driver post events for that job and nothing else (endpoint tokens do the same for an
+  endpoint's replicas and their prediction logs). They need no storage, so a retried
   submission and the driver it started always agree on the token.
 """
 
@@ -28,6 +29,16 @@ def hash_token(token: str) -> str:
 
 def job_token(secret_key: str, job_id: str) -> str:
     return hmac.new(secret_key.encode(), f"job:{job_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def endpoint_token(secret_key: str, endpoint: str) -> str:
+    """What an endpoint's replicas present when they post their prediction logs."""
+    return hmac.new(secret_key.encode(), f"endpoint:{endpoint}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_endpoint_token(secret_key: str, endpoint: str, presented: str) -> None:
+    if not hmac.compare_digest(endpoint_token(secret_key, endpoint), presented):
+        raise Unauthorized("invalid endpoint token")
 
 
 def check_job_token(secret_key: str, job_id: str, presented: str) -> None:
