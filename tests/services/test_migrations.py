@@ -100,3 +100,55 @@ def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url:
         migrate(db.engine)
     finally:
         db.engine.dispose()
+
+
+def test_scoring_runs_migration_from_the_previous_schema_goes_down_and_up(
+    database_url: str,
+) -> None:
+    """From 0005 with a registered model in it: 0006 adds scoring_runs beside the rows, a run
+    can reference the model, and down to 0005 drops the table and keeps the model."""
+    zero = "0" * 64
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005")
+            conn.exec_driver_sql(
+                "INSERT INTO datasets (id, name, uri, format, sha256, num_rows, size_bytes, "
+                "columns, builtin, created_at) VALUES ('ds_1', 'd', 'file:///d.parquet', "
+                f"'parquet', '{zero}', 1, 1, '[]', false, CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (id, name, status, spec, dataset_id, created_at, attempts, "
+                "cancel_requested, resumable) VALUES ('job_1', 'j', 'succeeded', '{}', 'ds_1', "
+                "CURRENT_TIMESTAMP, 1, false, false)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO model_versions (id, job_id, candidate, trial_key, dataset_id, "
+                "dataset_sha256, bundle_uri, bundle_digest, metrics, created_at) VALUES "
+                f"('mdl_1', 'job_1', 'best', 't', 'ds_1', '{zero}', 'file:///b', '{zero}', '{{}}', "
+                "CURRENT_TIMESTAMP)"
+            )
+        assert "scoring_runs" not in inspect(engine).get_table_names()
+        migrate(engine)
+        assert "scoring_runs" in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO scoring_runs (id, model_id, dataset_id, dataset_sha256, status, "
+                f"request, rows_done, created_at) VALUES ('scr_1', 'mdl_1', 'ds_1', '{zero}', "
+                "'queued', '{}', 0, CURRENT_TIMESTAMP)"
+            )
+            assert conn.exec_driver_sql("SELECT count(*) FROM scoring_runs").scalar() == 1
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005")
+        tables = set(inspect(engine).get_table_names())
+        assert "scoring_runs" not in tables and "model_versions" in tables
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM model_versions").scalar() == 1
+        migrate(engine)
+        assert "scoring_runs" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
