@@ -24,7 +24,14 @@ Columns = dict[str, np.ndarray]
 
 
 class DataError(ValueError):
-    """The data cannot be used as the spec asks; the message says why, for the user."""
+    """The data cannot be used as the spec asks; the message says why, for the user.
+
+    ``loc``: where in a request the fault is (``["instances", 3, "age"]``), when it is in one.
+    """
+
+    def __init__(self, message: str, loc: list[str | int] | None = None) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -254,7 +254,7 @@ class Preprocessor:
             raise DataError("instances must be a non-empty list of objects")
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise DataError(f"instances[{i}] must be an object")
+                raise DataError(f"instances[{i}] must be an object", ["instances", i])
         columns: Columns = {}
         for num in self.numeric:
             columns[num.name] = np.array(
@@ -275,7 +275,7 @@ class Preprocessor:
 
 def _get(rec: dict[str, Any], name: str, row: int) -> Any:
     if name not in rec:
-        raise DataError(f"instances[{row}] is missing column '{name}'")
+        raise DataError(f"instances[{row}] is missing column '{name}'", ["instances", row, name])
     return rec[name]
 
 
@@ -283,7 +283,9 @@ def _number(value: Any, name: str, row: int) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DataError(f"instances[{row}].{name} must be a number, got {value!r}")
+        raise DataError(
+            f"instances[{row}].{name} must be a number, got {value!r}", ["instances", row, name]
+        )
     return float(value)
 
 
@@ -291,7 +293,9 @@ def _text(value: Any, name: str, row: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str | int | float | bool):
-        raise DataError(f"instances[{row}].{name} must be a string, got {value!r}")
+        raise DataError(
+            f"instances[{row}].{name} must be a string, got {value!r}", ["instances", row, name]
+        )
     return str(value)
 
 
@@ -302,11 +306,13 @@ def _array(value: Any, arr: ArrayColumn, row: int) -> np.ndarray:
         out = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(
-            f"instances[{row}].{arr.name} must be an array of numbers of shape {arr.shape}"
+            f"instances[{row}].{arr.name} must be an array of numbers of shape {arr.shape}",
+            ["instances", row, arr.name],
         ) from None
     if list(out.shape) != arr.shape:
         raise DataError(
-            f"instances[{row}].{arr.name} has shape {list(out.shape)}; the model takes {arr.shape}"
+            f"instances[{row}].{arr.name} has shape {list(out.shape)}; the model takes {arr.shape}",
+            ["instances", row, arr.name],
         )
     return out
 

@@ -9,6 +9,10 @@ new owner in one update of the route table (``EndpointState.update_endpoint``) a
 controller deletes the old application in the same control-loop pass, so proxies see the switch
 whole. Serve's own rolling update is not used for this: with one replica it stops the old
 replica before the new one starts, and a new version that cannot start leaves nothing serving.
+
+A canary keeps both versions' applications off HTTP and puts a traffic-split application
+(services/serving/split.py) on the endpoint's route; it too starts on a staging route
+(``/_split/<endpoint>``) first, so the route only ever moves to something already running.
 """
 
 from __future__ import annotations
@@ -16,20 +20,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from jobs.spec import ServingSpec
 from services.config import Settings
+from services.core.auth import endpoint_token
 from services.core.errors import UpstreamFailed
 from services.orchestrator.ray_gateway import RayGateway
 
 log = logging.getLogger(__name__)
 
 IMPORT_PATH = "services.serving.app:build"
+SPLIT_IMPORT_PATH = "services.serving.split:build"
 # Endpoint names cannot start with '_', so no endpoint's route can collide with staging.
 CANDIDATE_PREFIX = "/_candidate"
+SPLIT_PREFIX = "/_split"
+# What an overloaded endpoint tells clients to wait before trying again.
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,38 @@ class EndpointTarget:
     model_id: str
     bundle_uri: str
     bundle_digest: str
+    # How the endpoint serves; not part of a version's identity.
+    serving: ServingSpec = field(default_factory=ServingSpec, compare=False)
 
     @property
     def app_name(self) -> str:
         # Endpoint names have no '_' and model ids start with 'mdl_': the name is unambiguous,
         # and metrics labelled by application tell versions apart.
         return f"{self.name}--{self.model_id}"
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """What one endpoint serves: one version, or a canary taking ``percent`` of requests."""
+
+    stable: EndpointTarget
+    canary: EndpointTarget | None = None
+    percent: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.stable.name
+
+    @property
+    def split_app(self) -> str:
+        return f"{self.name}--split"
+
+    def targets(self) -> list[EndpointTarget]:
+        return [self.stable] if self.canary is None else [self.stable, self.canary]
+
+    def app_names(self) -> set[str]:
+        names = {t.app_name for t in self.targets()}
+        return names if self.canary is None else names | {self.split_app}
 
 
 class ServeDeployer:
@@ -58,7 +94,37 @@ class ServeDeployer:
         self.gateway = gateway
         self.lock = threading.Lock()
 
-    def _app(self, t: EndpointTarget, route: str, token_hashes: list[str]) -> dict[str, Any]:
+    def _app(
+        self, t: EndpointTarget, route: str | None, token_hashes: list[str]
+    ) -> dict[str, Any]:
+        sv = t.serving
+        deployment: dict[str, Any] = {
+            "name": "ModelServer",
+            "ray_actor_options": {"num_cpus": self.settings.serve_replica_cpus},
+            "max_ongoing_requests": sv.max_ongoing_requests,
+            # Beyond this many waiting requests Serve answers 503 at once: overload never
+            # turns into requests hanging until their clients give up.
+            "max_queued_requests": sv.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+            "user_config": {
+                "token_hashes": sorted(token_hashes),
+                "max_batch_size": sv.max_batch_size,
+                "batch_wait_timeout_ms": sv.batch_wait_timeout_ms,
+                "log_sample_rate": sv.log_sample_rate,
+                "monitor": {
+                    "api_url": self.settings.resolved_api_url,
+                    "token": endpoint_token(self.settings.resolved_secret_key, t.name),
+                },
+            },
+        }
+        if sv.max_replicas > sv.min_replicas:
+            deployment["autoscaling_config"] = {
+                "min_replicas": sv.min_replicas,
+                "max_replicas": sv.max_replicas,
+                "target_ongoing_requests": sv.target_ongoing_requests,
+            }
+        else:
+            deployment["num_replicas"] = sv.min_replicas
         return {
             "name": t.app_name,
             "route_prefix": route,
@@ -69,27 +135,58 @@ class ServeDeployer:
                 "model_id": t.model_id,
                 "endpoint": t.name,
             },
+            "deployments": [deployment],
+        }
+
+    def _split(self, e: EndpointState, route: str, token_hashes: list[str]) -> dict[str, Any]:
+        assert e.canary is not None
+        return {
+            "name": e.split_app,
+            "route_prefix": route,
+            "import_path": SPLIT_IMPORT_PATH,
+            "args": {"endpoint": e.name},
             "deployments": [
                 {
-                    "name": "ModelServer",
-                    "num_replicas": 1,
-                    "ray_actor_options": {"num_cpus": self.settings.serve_replica_cpus},
-                    "user_config": {"token_hashes": sorted(token_hashes)},
+                    "name": "TrafficSplit",
+                    # The split only forwards; it takes a sliver of a CPU.
+                    "ray_actor_options": {"num_cpus": 0.1},
+                    "max_ongoing_requests": 2 * e.stable.serving.max_ongoing_requests,
+                    "user_config": {
+                        "token_hashes": sorted(token_hashes),
+                        "weights": [
+                            [e.stable.app_name, 100 - e.percent],
+                            [e.canary.app_name, e.percent],
+                        ],
+                    },
                 }
             ],
         }
 
     def config(
         self,
-        live: list[EndpointTarget],
+        live: list[EndpointState],
         token_hashes: list[str],
         candidate: EndpointTarget | None = None,
+        staged_split: EndpointState | None = None,
     ) -> dict[str, Any]:
         """``live``: what each endpoint serves; ``candidate``: a version starting beside its
-        endpoint's live one on the staging route (left out when it already is the live one)."""
-        apps = [self._app(t, f"/{t.name}", token_hashes) for t in live]
-        if candidate is not None and candidate not in live:
+        endpoint's live ones on the staging route (left out when it already is live);
+        ``staged_split``: a canary's split starting on its staging route."""
+        apps = []
+        running = set()
+        for e in live:
+            if e.canary is None:
+                apps.append(self._app(e.stable, f"/{e.name}", token_hashes))
+            else:
+                apps += [self._app(t, None, token_hashes) for t in e.targets()]
+                apps.append(self._split(e, f"/{e.name}", token_hashes))
+            running |= {t.app_name for t in e.targets()}
+        if candidate is not None and candidate.app_name not in running:
             apps.append(self._app(candidate, f"{CANDIDATE_PREFIX}/{candidate.name}", token_hashes))
+        if staged_split is not None:
+            apps.append(
+                self._split(staged_split, f"{SPLIT_PREFIX}/{staged_split.name}", token_hashes)
+            )
         return {
             "proxy_location": "HeadOnly",
             "http_options": {"host": self.settings.serve_host, "port": self.settings.serve_port},
@@ -98,37 +195,38 @@ class ServeDeployer:
 
     def apply(
         self,
-        live: list[EndpointTarget],
+        live: list[EndpointState],
         token_hashes: list[str],
         candidate: EndpointTarget | None = None,
+        staged_split: EndpointState | None = None,
     ) -> None:
-        self.gateway.put_serve_config(self.config(live, token_hashes, candidate))
+        self.gateway.put_serve_config(self.config(live, token_hashes, candidate, staged_split))
 
-    def wait_running(self, target: EndpointTarget) -> None:
+    def wait_running(self, target: EndpointTarget | str) -> None:
         """Block until ``target``'s application is RUNNING: its replica loaded the bundle and
         predicted on the sample rows. Raise with Serve's message if it cannot."""
         deadline = time.monotonic() + self.settings.deploy_timeout_s
         last = "no status yet"
-        name = target.app_name
+        name = target.app_name if isinstance(target, EndpointTarget) else target
+        what = f"model {target.model_id}" if isinstance(target, EndpointTarget) else name
         while time.monotonic() < deadline:
             app = self.gateway.serve_applications().get("applications", {}).get(name)
             if app is not None:
                 status, last = app.get("status"), app.get("message") or app.get("status")
                 if status == "DEPLOY_FAILED":
-                    raise UpstreamFailed(f"model {target.model_id} failed to start: {last}")
+                    raise UpstreamFailed(f"{what} failed to start: {last}")
                 if status == "RUNNING":
                     return
             time.sleep(0.5)
         raise UpstreamFailed(
-            f"model {target.model_id} was not running after "
-            f"{self.settings.deploy_timeout_s:.0f}s: {last}"
+            f"{what} was not running after {self.settings.deploy_timeout_s:.0f}s: {last}"
         )
 
-    def wait_settled(self, live: list[EndpointTarget], timeout_s: float = 60.0) -> None:
+    def wait_settled(self, live: list[EndpointState], timeout_s: float = 60.0) -> None:
         """Wait until Serve holds only the live applications. The route already moved with the
         config change; this waits for the old version to drain, so that a caller told the
         promotion is done no longer reaches the old version."""
-        wanted = {t.app_name for t in live}
+        wanted = set().union(*(e.app_names() for e in live))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             apps = self.gateway.serve_applications().get("applications", {})
