@@ -910,12 +910,35 @@ class PromotionSpec(_Strict):
         description="Replicas, overload, batching and monitoring of the endpoint that serves "
         "this job's model.",
     )
+    compress: Literal["none", "dynamic_int8"] = Field(
+        "none",
+        description="Serve a compressed variant of the best model: dynamic_int8 quantizes the "
+        "weights of its Linear, LSTM and GRU layers to 8-bit integers (torch dynamic "
+        "quantization; activations are quantized per batch at run time). The variant is "
+        "evaluated and audited again on the test split, its size, CPU latency and metrics are "
+        "reported beside the original's (GET /v1/jobs/{id}/evaluation, 'compression'), and it "
+        "is the candidate promoted by default (candidate 'best' still promotes the original).",
+    )
+    prune: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Zero this fraction of the weights of the Linear and Conv layers, smallest "
+        "magnitude first over all of them together (global L1 pruning), for the compressed "
+        "variant; with compress, pruning comes first. Zeros shrink a bundle only when it is "
+        "stored compressed (deflated): the report gives both sizes.",
+    )
 
     @model_validator(mode="after")
     def _auto_needs_endpoint(self) -> PromotionSpec:
         if self.auto and self.auto_endpoint is None:
             raise ValueError("auto promotion needs auto_endpoint")
         return self
+
+    @property
+    def compression_requested(self) -> bool:
+        """Whether the job builds a compressed candidate (promotion.compress or .prune)."""
+        return self.compress != "none" or self.prune is not None
 
     def metrics(self) -> dict[tuple[str, ...], str]:
         """Every figure the gates name, by the spec path that names it."""

@@ -84,6 +84,8 @@ class ModelCard:
     metrics: list[tuple[str, str]] = field(default_factory=list)
     lineage: list[tuple[str, str]] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
+    # The job's compression report (evaluation["compression"]) when it built a compressed variant.
+    compression: dict[str, Any] | None = None
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -487,6 +489,90 @@ def _mitigation_html(doc: dict[str, Any]) -> str:
     )
 
 
+def _size(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "\u2013"
+    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{int(n)} B"
+
+
+def _ratio(new: Any, old: Any) -> str:
+    ok = isinstance(new, int | float) and isinstance(old, int | float) and old
+    return f" ({new / old:.2f}\u00d7)" if ok else ""
+
+
+def _compression_html(doc: dict[str, Any], c: dict[str, Any] | None) -> str:
+    """The compressed variant beside the model it came from: accuracy, size, latency and every
+    fairness check again, since compression can move a group's error rates."""
+    if not c:
+        return ""
+
+    def verdict(passed: Any) -> str:
+        if passed is None:
+            return "\u2013"
+        return '<span class="ok">passed</span>' if passed else '<span class="bad">failed</span>'
+
+    def row(label: str, old: str, new: str) -> str:
+        return f"<tr><td class=l>{_e(label)}</td><td>{old}</td><td>{new}</td></tr>"
+
+    before, after = c.get("original_metrics") or {}, c.get("metrics") or {}
+    rows = [row(f"test {k}", _f(before.get(k)), _f(after.get(k))) for k in before if k in after]
+    rows += [
+        row(
+            "size (serialised state dict)",
+            _size(c.get("original_size_bytes")),
+            _size(c.get("size_bytes")) + _ratio(c.get("size_bytes"), c.get("original_size_bytes")),
+        ),
+        row(
+            "size, deflated",
+            _size(c.get("original_deflated_size_bytes")),
+            _size(c.get("deflated_size_bytes"))
+            + _ratio(c.get("deflated_size_bytes"), c.get("original_deflated_size_bytes")),
+        ),
+        row(
+            f"CPU latency p50, {c.get('latency_batch_rows')} rows (ms)",
+            _f(c.get("original_latency_ms_p50"), 2),
+            _f(c.get("latency_ms_p50"), 2),
+        ),
+        row("weight sparsity", _f(c.get("original_sparsity")), _f(c.get("sparsity"))),
+        row("audit", verdict(c.get("original_audit_passed")), verdict(c.get("audit_passed"))),
+    ]
+    audit = c.get("audit") or {}
+    mine = {(x["feature"], x["metric"], x["method"]): x for x in audit.get("checks", [])}
+    for x in doc.get("checks", []):
+        other = mine.get((x["feature"], x["metric"], x["method"]))
+        if other is not None:
+            rows.append(
+                row(
+                    f"{x['feature']}: {x['metric']}",
+                    f"{_f(x['value'])} {verdict(x['passed'])}",
+                    f"{_f(other['value'])} {verdict(other['passed'])}",
+                )
+            )
+    steps = []
+    if c.get("prune") is not None:
+        steps.append(
+            f"{c['prune']:.0%} of the Linear and Conv weights zeroed, smallest magnitude first"
+        )
+    if c.get("quantize") == "dynamic_int8":
+        steps.append("Linear, LSTM and GRU weights quantized to int8 (dynamic quantization)")
+    agreement = c.get("prediction_agreement")
+    agree = (
+        f" It predicts the same as the original on {agreement:.1%} of the test rows."
+        if isinstance(agreement, int | float)
+        else ""
+    )
+    checks = audit.get("checks") or []
+    return (
+        "<h2>Compressed candidate</h2>"
+        f"<p>{_e('; '.join(steps) or c.get('method', ''))}. Evaluated and audited again on the "
+        f"same test rows as the best model; it is the candidate promoted by default.{agree} "
+        "Dynamic quantization quantizes activations per batch, so a row's scores can move in "
+        "the last digits with the rows it is batched with.</p>"
+        "<table><tr><th class=l></th><th>Best model</th><th>Compressed</th></tr>"
+        f"{''.join(rows)}</table>" + (checks_svg(checks) + _checks_table(checks) if checks else "")
+    )
+
+
 def render(doc: dict[str, Any], card: ModelCard) -> str:
     """The whole report page."""
     passed = bool(doc["passed"])
@@ -521,6 +607,7 @@ def render(doc: dict[str, Any], card: ModelCard) -> str:
         f"<h2>Checks</h2>{checks_html}"
         f"<h2>Groups</h2>{sections or '<p class=muted>No sensitive features.</p>'}"
         f"{_mitigation_html(doc)}"
+        f"{_compression_html(doc, card.compression)}"
         "<h2>Model card</h2>"
         f"<h3>Intended use</h3><p>{_e(intended)}</p>"
         f"<h3>Data</h3>{_kv(card.data)}"
@@ -666,6 +753,7 @@ def job_card(session: Session, job: Job) -> ModelCard:
         metrics=metrics,
         lineage=lineage,
         caveats=[proxies],
+        compression=ev.get("compression"),
     )
 
 

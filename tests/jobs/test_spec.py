@@ -292,3 +292,29 @@ def test_sequence_windows_need_numeric_features_and_a_sequence_model() -> None:
     }
     with pytest.raises(ValidationError, match="target cannot be"):
         spec(dataset={"id": "d", "target": "t", "sequence": seq})
+
+
+@pytest.mark.parametrize(
+    ("promotion", "loc"),
+    [
+        ({"compress": "int4"}, ("promotion", "compress")),
+        ({"prune": 0}, ("promotion", "prune")),
+        ({"prune": 1}, ("promotion", "prune")),
+        ({"prune": "lots"}, ("promotion", "prune")),
+    ],
+)
+def test_compression_options_are_checked_by_path(promotion: dict[str, Any], loc: tuple) -> None:
+    with pytest.raises(ValidationError) as exc:
+        spec(promotion=promotion)
+    assert [e.loc for e in validation_errors(exc.value)] == [loc]
+
+
+def test_compression_is_asked_by_compress_or_prune() -> None:
+    assert not spec().promotion.compression_requested
+    assert spec(promotion={"compress": "dynamic_int8"}).promotion.compression_requested
+    both = spec(promotion={"compress": "dynamic_int8", "prune": 0.3}).promotion
+    assert both.compression_requested and both.prune == 0.3
+    assert spec(promotion={"prune": 0.5}).promotion.compression_requested
+    props = JobSpec.model_json_schema()["$defs"]["PromotionSpec"]["properties"]
+    assert "int8" in props["compress"]["description"]
+    assert "L1" in props["prune"]["description"]
