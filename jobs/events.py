@@ -102,3 +102,84 @@ class EventSink:
                 log.warning("cannot reach control plane (%s); retrying", exc)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+# --- batch scoring -------------------------------------------------------------------------
+
+
+class ScoringReport(BaseModel):
+    """Where a scoring run stands, as its driver reports it to
+    ``POST /v1/internal/scoring/{id}/report``. Each report is the whole state, not a delta,
+    so a report sent twice, or one overtaken by a newer one, changes nothing."""
+
+    status: Literal["running", "succeeded", "failed"]
+    rows_done: int = Field(default=0, ge=0)
+    rows_total: int | None = Field(default=None, ge=0)
+    error: str | None = Field(default=None, max_length=20_000)
+
+
+class ReportSender:
+    """Posts a scoring run's reports from a background thread, always the newest one.
+
+    Progress is a level, not a history: while the API is slow, a newer report replaces the one
+    waiting to go, so the driver never blocks on it and never builds a backlog. Final reports
+    (succeeded, failed) are retried until the API takes them or ``close`` gives up.
+    """
+
+    def __init__(self, api_url: str, run_id: str, token: str, timeout: float = 10.0) -> None:
+        self._url = f"{api_url.rstrip('/')}/v1/internal/scoring/{run_id}/report"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._client = httpx.Client(timeout=timeout)
+        self._cond = threading.Condition()
+        self._pending: ScoringReport | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="crucible-report", daemon=True)
+        self._thread.start()
+
+    def report(self, report: ScoringReport) -> None:
+        with self._cond:
+            self._pending = report
+            self._cond.notify()
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Send what is pending; False when the API could not be reached in time."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self._client.close()
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                report, self._pending = self._pending, None
+            self._send(report)
+
+    def _superseded(self) -> bool:
+        with self._cond:
+            return self._pending is not None
+
+    def _send(self, report: ScoringReport) -> None:
+        body = report.model_dump(mode="json")
+        delay = 0.5
+        while True:
+            try:
+                r = self._client.post(self._url, json=body, headers=self._headers)
+                if r.status_code < 500:
+                    if r.status_code >= 400:
+                        log.warning(
+                            "control plane refused the report: %s %s", r.status_code, r.text
+                        )
+                    return
+                log.warning("control plane answered %s; retrying", r.status_code)
+            except httpx.HTTPError as exc:
+                log.warning("cannot reach control plane (%s); retrying", exc)
+            if report.status == "running" and self._superseded():
+                return  # a newer report says more than this one would
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jobs.score import ScoringManifest
 from services.config import Settings
 from services.core.auth import job_token
+from services.core.scoring import scoring_token
 from services.orchestrator.ray_gateway import RayGateway, RayJob
 
 # The only command the cluster is ever asked to run; the job id is ours, never user text.
@@ -62,4 +64,26 @@ def launch(
         [*ENTRYPOINT, job_id],
         env,
         metadata={"crucible_job_id": job_id, "attempt": str(attempt)},
+    )
+
+
+# Batch scoring: the same door, its own fixed command; the run id is ours, never user text.
+SCORING_ENTRYPOINT = ("python", "-m", "jobs.score")
+
+
+def launch_scoring(settings: Settings, gateway: RayGateway, manifest: ScoringManifest) -> RayJob:
+    """Write the run's manifest and submit its driver; the submission id is the run id, so a
+    retried launch finds the first one."""
+    manifest.write()
+    env = {
+        "CRUCIBLE_ARTIFACT_ROOT": str(settings.resolved_artifact_root),
+        "CRUCIBLE_API_URL": settings.resolved_api_url,
+        "CRUCIBLE_JOB_TOKEN": scoring_token(settings.resolved_secret_key, manifest.run_id),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return gateway.submit_job(
+        manifest.run_id,
+        [*SCORING_ENTRYPOINT, manifest.run_id],
+        env,
+        metadata={"crucible_scoring_run_id": manifest.run_id},
     )

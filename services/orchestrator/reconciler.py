@@ -14,16 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from jobs.score import ScoringManifest
 from services.config import Settings
 from services.core.datasets import read_in_place, verify_unchanged
 from services.core.errors import DomainError
 from services.core.jobs import ingest_result, parent_of, relaunch
+from services.core.scoring import get_run, manifest_for, succeed
+from services.core.scoring import transition as transition_run
 from services.core.states import TERMINAL, can_transition, transition
-from services.orchestrator.launcher import job_dir, launch, submission_id
+from services.orchestrator.launcher import job_dir, launch, launch_scoring, submission_id
 from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway
 from services.store.db import Database
 from services.store.models import Job, utcnow
-from services.store.repositories import DatasetRepository, JobRepository
+from services.store.repositories import DatasetRepository, JobRepository, ModelRepository
+from services.store.scoring_runs import ScoringRunRepository
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class Reconciler:
                     self._settle(snap.id, snap.attempts)
             except DomainError as exc:
                 log.warning("job %s: %s", snap.id, exc.detail)
+        self._scoring_tick()
 
     def _dataset_problem(self, snap: _Snapshot) -> str | None:
         """Why the job must not start on its dataset: one read in place that no longer hashes
@@ -194,3 +199,84 @@ class Reconciler:
             return
         transition(job, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
         job.resumable = True
+
+    # --- batch scoring --------------------------------------------------------------------
+    #
+    # A scoring run is one Ray job whose submission id is the run id. Ray's record stands in
+    # for a "submitted" flag: a queued run Ray does not know is launched (submitting is
+    # idempotent by id), and a run whose Ray job ended without its final report is settled
+    # from its result file, or failed with the driver's last output.
+
+    def _scoring_tick(self) -> None:
+        root = self.settings.resolved_artifact_root
+        with self.db.session() as s:
+            models, datasets = ModelRepository(s), DatasetRepository(s)
+            active: list[tuple[str, str, ScoringManifest]] = []
+            for run in ScoringRunRepository(s).active():
+                model, ds = models.get(run.model_id), datasets.get(run.dataset_id)
+                assert model is not None and ds is not None  # foreign keys
+                active.append((run.id, run.status, manifest_for(root, run, model, ds)))
+        for run_id, status, manifest in active:
+            if self._stop.is_set():
+                return
+            try:
+                ray_job = self.gateway.get_job(run_id)
+                if ray_job is None and status == "queued":
+                    self._launch_scoring(manifest)
+                elif ray_job is None:
+                    self._settle_scoring(
+                        run_id,
+                        "failed",
+                        "Ray has no record of this run (was the cluster restarted?)",
+                    )
+                elif ray_job.status == "RUNNING" and status == "queued":
+                    self._settle_scoring(run_id, "running", None)
+                elif ray_job.status in RAY_TERMINAL:
+                    self._finish_scoring(manifest, ray_job.status, ray_job.message)
+            except DomainError as exc:
+                log.warning("scoring run %s: %s", run_id, exc.detail)
+
+    def _settle_scoring(self, run_id: str, new: str, error: str | None) -> None:
+        with self.db.session() as s:
+            run = get_run(s, run_id, for_update=True)
+            if can_transition(run.status, new):
+                transition_run(run, new, error=error)
+
+    def _launch_scoring(self, manifest: ScoringManifest) -> None:
+        uri, sha256 = manifest.dataset_uri, manifest.dataset_sha256
+        if read_in_place(uri, self.settings.resolved_artifact_root):
+            problem = verify_unchanged(uri, sha256)
+            if problem is not None:
+                self._settle_scoring(
+                    manifest.run_id, "failed", f"dataset {manifest.dataset_id}: {problem}"
+                )
+                return
+        launch_scoring(self.settings, self.gateway, manifest)
+        with self.db.session() as s:
+            if get_run(s, manifest.run_id).status == "cancelled":
+                # Cancelled while we were submitting: stop what we just started.
+                self.gateway.stop_job(manifest.run_id)
+
+    def _finish_scoring(
+        self, manifest: ScoringManifest, ray_status: str, message: str | None
+    ) -> None:
+        """Ray says the driver is done but its final report never arrived."""
+        note = manifest.folder / "result.json"
+        with self.db.session() as s:
+            run = get_run(s, manifest.run_id, for_update=True)
+            if run.status in TERMINAL:
+                return
+            if ray_status == "SUCCEEDED" and note.exists():
+                succeed(
+                    run,
+                    self.settings.resolved_artifact_root,
+                    int(json.loads(note.read_text())["rows"]),
+                )
+                return
+            reason = {
+                "SUCCEEDED": "the driver exited without reporting a result",
+                "STOPPED": "the Ray job was stopped outside Crucible",
+                "FAILED": f"the Ray job failed: {message or 'no message'}",
+            }[ray_status]
+            logs = self.gateway.job_logs_tail(manifest.run_id, 2000)
+            transition_run(run, "failed", error=f"{reason}\n--- last driver output ---\n{logs}")
