@@ -85,8 +85,10 @@ def save_bundle(
     head: OutputHead,
     sample_rows: list[dict[str, Any]],
     metadata: dict[str, Any],
+    reference: dict[str, Any] | None = None,
 ) -> str:
-    """Write a bundle; return its digest (sha256 of the manifest, which pins the weights)."""
+    """Write a bundle; return its digest (sha256 of the manifest, which pins the weights).
+    ``reference``: the training inputs' profile (jobs.drift) the endpoint's drift is judged on."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
@@ -110,6 +112,8 @@ def save_bundle(
         "weights_sha256": sha256_file(weights),
         "metadata": metadata,
     }
+    if reference is not None:
+        manifest["reference"] = reference
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (folder / MANIFEST).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -189,6 +193,20 @@ class Predictor:
             hashlib.sha256(json.dumps(instances, sort_keys=True, default=str).encode()).digest()[:8]
         )
         return np.where(apply_decisions(chance, seed), pos, 1 - pos)
+
+
+def read_manifest(folder: Path | str, expected_digest: str | None = None) -> dict[str, Any]:
+    """A bundle's manifest alone, checked against its digest (the weights are not read):
+    what the control plane needs to know about a model without loading it."""
+    folder = Path(folder)
+    try:
+        data = (folder / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"no {MANIFEST} in {folder}") from None
+    if expected_digest is not None and hashlib.sha256(data).hexdigest() != expected_digest:
+        raise BundleError(f"{folder / MANIFEST} does not match the digest on record")
+    manifest: dict[str, Any] = json.loads(data)
+    return manifest
 
 
 def read_bundle(

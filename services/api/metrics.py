@@ -3,14 +3,22 @@
 Job and trial figures are read from the database at scrape time: jobs are never deleted and
 final statuses never change, so counts of final statuses are true counters that survive API
 restarts (scrape one API replica for them, or they add up twice).
+
+Endpoint monitoring figures (live accuracy and fairness from feedback labels, PSI drift per
+feature, the drift alert) are gauges computed at scrape time from the logged predictions of
+each endpoint's monitoring window (services.core.monitoring, cached a few seconds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from services.core.monitoring import EndpointSamples
 
 API_REQUESTS = "crucible_api_requests_total"
 API_LATENCY = "crucible_api_request_duration_seconds"
@@ -18,6 +26,14 @@ JOBS_SUBMITTED = "crucible_jobs_submitted_total"
 JOBS_FINISHED = "crucible_jobs_finished_total"
 JOBS_BY_STATUS = "crucible_jobs"
 TRIALS_FINISHED = "crucible_trials_finished_total"
+# Labels: endpoint, model_id.
+ENDPOINT_LIVE_ACCURACY = "crucible_endpoint_live_accuracy"
+# Labels: endpoint, model_id, sensitive_feature, metric (demographic_parity_difference|_ratio).
+ENDPOINT_FAIRNESS = "crucible_endpoint_fairness"
+# Labels: endpoint, model_id, feature.
+ENDPOINT_FEATURE_PSI = "crucible_endpoint_feature_psi"
+# Labels: endpoint. 1 while the endpoint is in a drift alert.
+ENDPOINT_DRIFT_ALERT = "crucible_endpoint_drift_alert"
 
 METRIC_NAMES = (
     API_REQUESTS,
@@ -26,6 +42,10 @@ METRIC_NAMES = (
     JOBS_FINISHED,
     JOBS_BY_STATUS,
     TRIALS_FINISHED,
+    ENDPOINT_LIVE_ACCURACY,
+    ENDPOINT_FAIRNESS,
+    ENDPOINT_FEATURE_PSI,
+    ENDPOINT_DRIFT_ALERT,
 )
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
@@ -33,12 +53,13 @@ FINAL_TRIAL_STATUSES = ("succeeded", "stopped", "failed", "cancelled")
 
 # (jobs by status, trials by status)
 CountsReader = Callable[[], tuple[dict[str, int], dict[str, int]]]
+MonitoringReader = Callable[[], "list[EndpointSamples]"]
 
 
 class Metrics:
     """One registry per app, so several apps in one process (tests) do not collide."""
 
-    def __init__(self, counts: CountsReader) -> None:
+    def __init__(self, counts: CountsReader, monitoring: MonitoringReader | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             API_REQUESTS.removesuffix("_total"),
@@ -54,6 +75,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(counts))
+        if monitoring is not None:
+            self.registry.register(_MonitoringCollector(monitoring))
 
 
 class _StoreCollector:
@@ -80,3 +103,51 @@ class _StoreCollector:
         for status in FINAL_TRIAL_STATUSES:
             trials_done.add_metric([status], trials.get(status, 0))
         yield from (current, submitted, finished, trials_done)
+
+
+class _MonitoringCollector:
+    def __init__(self, read: MonitoringReader) -> None:
+        self.read = read
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared without a scrape: registering must not read every endpoint's window.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        accuracy, fairness, psi, alert = self._families()
+        for e in self.read():
+            for model_id, value in e.accuracy:
+                accuracy.add_metric([e.endpoint, model_id], value)
+            for model_id, feature, metric, value in e.fairness:
+                fairness.add_metric([e.endpoint, model_id, feature, metric], value)
+            for model_id, feature, value in e.psi:
+                psi.add_metric([e.endpoint, model_id, feature], value)
+            alert.add_metric([e.endpoint], 1.0 if e.alert else 0.0)
+        return (accuracy, fairness, psi, alert)
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
+        return (
+            GaugeMetricFamily(
+                ENDPOINT_LIVE_ACCURACY,
+                "Accuracy of the labelled predictions in the endpoint's monitoring window",
+                labels=["endpoint", "model_id"],
+            ),
+            GaugeMetricFamily(
+                ENDPOINT_FAIRNESS,
+                "Fairness of the predictions in the monitoring window per sensitive feature",
+                labels=["endpoint", "model_id", "sensitive_feature", "metric"],
+            ),
+            GaugeMetricFamily(
+                ENDPOINT_FEATURE_PSI,
+                "Population stability index of a feature, monitoring window against training",
+                labels=["endpoint", "model_id", "feature"],
+            ),
+            GaugeMetricFamily(
+                ENDPOINT_DRIFT_ALERT,
+                "1 while the endpoint is in a drift alert",
+                labels=["endpoint"],
+            ),
+        )

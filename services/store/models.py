@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -184,6 +185,14 @@ class Endpoint(Base):
     status: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The effective jobs.spec.ServingSpec (JSON); None on rows older than migration 0007,
+    # read as the defaults.
+    serving: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A canary: the second version and the percent of requests it gets.
+    canary_model_id: Mapped[str | None] = mapped_column(String(40))
+    canary_percent: Mapped[int | None] = mapped_column(Integer)
+    # The monitoring alert the endpoint is in ("drift"), None when none.
+    alert: Mapped[str | None] = mapped_column(String(40))
 
 
 class Promotion(Base):
@@ -248,3 +257,45 @@ class ScoringRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PredictionLog(Base):
+    """One logged prediction of a served endpoint (sampled by the replica), with the label
+    a client sent back later as feedback."""
+
+    __tablename__ = "prediction_logs"
+    __table_args__ = (
+        # A replica that resends a batch must not log a prediction twice.
+        UniqueConstraint(
+            "endpoint", "request_id", "index", name="uq_prediction_logs_endpoint_request_index"
+        ),
+        # The monitoring window: the most recent predictions of one endpoint.
+        Index("ix_prediction_logs_endpoint_ts", "endpoint", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    model_id: Mapped[str] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(64))
+    # The instance's position in its request.
+    index: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The instance as the client sent it (extra columns such as sensitive features included).
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    label: Mapped[Any | None] = mapped_column(JSON)
+    labelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EndpointEvent(Base):
+    """Something that happened to an endpoint's monitoring, e.g. a drift alert raised."""
+
+    __tablename__ = "endpoint_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -6,8 +6,11 @@ Repositories only ``flush``; the caller's unit of work commits (``Database.sessi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,9 +18,11 @@ from services.store.models import (
     Audit,
     Dataset,
     Endpoint,
+    EndpointEvent,
     Job,
     JobEvent,
     ModelVersion,
+    PredictionLog,
     Promotion,
     Token,
     Trial,
@@ -236,3 +241,107 @@ class AuditRepository:
         self.s.add(audit)
         self.s.flush()
         return audit
+
+
+class MonitoringRepository:
+    """Prediction logs, their feedback labels, and endpoint events (serving monitoring)."""
+
+    # Rows per INSERT or IN (...): under SQLite's limit of bound parameters per statement.
+    CHUNK = 500
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add_predictions(self, rows: list[dict[str, Any]]) -> int:
+        """Insert the rows that are new by (endpoint, request_id, index); return how many were.
+        ON CONFLICT DO NOTHING keeps a resent batch idempotent even when two copies race."""
+        if not rows:
+            return 0
+        dialect = self.s.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # Core, executemany: compiled once, sent in batches of VALUES (SQLAlchemy's
+        # "insertmanyvalues"); RETURNING yields a row per inserted record only.
+        stmt = (
+            insert(PredictionLog)
+            .on_conflict_do_nothing(index_elements=["endpoint", "request_id", "index"])
+            .returning(PredictionLog.id)
+        )
+        return len(self.s.connection().execute(stmt, rows).all())
+
+    def prediction_ids(self, endpoint: str, request_ids: list[str]) -> dict[tuple[str, int], int]:
+        """(request_id, index) → row id of the logged predictions of these requests."""
+        found: dict[tuple[str, int], int] = {}
+        unique = sorted(set(request_ids))
+        for start in range(0, len(unique), self.CHUNK):
+            q = select(PredictionLog.id, PredictionLog.request_id, PredictionLog.index).where(
+                PredictionLog.endpoint == endpoint,
+                PredictionLog.request_id.in_(unique[start : start + self.CHUNK]),
+            )
+            for row_id, request_id, index in self.s.execute(q):
+                found[(request_id, index)] = row_id
+        return found
+
+    def set_labels(self, labels: dict[int, Any], at: datetime) -> None:
+        """Label the rows by id (an ORM bulk UPDATE by primary key)."""
+        if labels:
+            self.s.execute(
+                update(PredictionLog),
+                [{"id": i, "label": label, "labelled_at": at} for i, label in labels.items()],
+            )
+
+    def window(
+        self, endpoint: str, size: int
+    ) -> list[tuple[str, dict[str, Any], Any, float, Any, bool]]:
+        """The endpoint's ``size`` most recent logged predictions, newest first, as (model_id,
+        features, prediction, latency_ms, label, labelled): plain rows, not ORM objects, which
+        cost most of the time of a large window."""
+        q = (
+            select(
+                PredictionLog.model_id,
+                PredictionLog.features,
+                PredictionLog.prediction,
+                PredictionLog.latency_ms,
+                PredictionLog.label,
+                PredictionLog.labelled_at,
+            )
+            .where(PredictionLog.endpoint == endpoint)
+            .order_by(PredictionLog.ts.desc(), PredictionLog.id.desc())
+            .limit(size)
+        )
+        return [(m, f, p, lat, lab, at is not None) for m, f, p, lat, lab, at in self.s.execute(q)]
+
+    def count_predictions(self, endpoint: str) -> int:
+        q = select(func.count()).select_from(PredictionLog)
+        return self.s.scalar(q.where(PredictionLog.endpoint == endpoint)) or 0
+
+    def set_alert(self, endpoint: str, old: str | None, new: str | None) -> bool:
+        """Compare-and-set the endpoint's alert: True when this call moved it from ``old`` (so
+        two API replicas judging at once record one event, not two)."""
+        current = Endpoint.alert.is_(None) if old is None else Endpoint.alert == old
+        result = self.s.execute(
+            update(Endpoint).where(Endpoint.name == endpoint, current).values(alert=new)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    def add_event(self, event: EndpointEvent) -> EndpointEvent:
+        self.s.add(event)
+        self.s.flush()
+        return event
+
+    def events(self, endpoint: str, after_id: int, limit: int) -> Sequence[EndpointEvent]:
+        q = (
+            select(EndpointEvent)
+            .where(EndpointEvent.endpoint == endpoint, EndpointEvent.id > after_id)
+            .order_by(EndpointEvent.id)
+            .limit(limit)
+        )
+        return self.s.scalars(q).all()
+
+    def last_event(self, endpoint: str, type_: str) -> EndpointEvent | None:
+        q = (
+            select(EndpointEvent)
+            .where(EndpointEvent.endpoint == endpoint, EndpointEvent.type == type_)
+            .order_by(EndpointEvent.id.desc())
+            .limit(1)
+        )
+        return self.s.scalars(q).first()

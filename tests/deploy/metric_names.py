@@ -9,11 +9,7 @@ Three sources, kept apart on purpose:
   https://docs.ray.io/en/latest/serve/monitoring.html#built-in-ray-serve-metrics (Serve).
   Each entry also names the file of the installed Ray where that metric is defined or charted,
   and a test checks it is still there, so an upgrade of Ray that renames one fails loudly.
-- PLANNED_MONITORING_METRICS: NOT EXPORTED YET. Names proposed for the serving monitoring of
-  issue 6 (live fairness from feedback labels, PSI drift per feature). Only the fairness and
-  drift dashboard may use them, and it says so; no alert rule may, since a rule on a metric
-  that does not exist never fires. When issue 6 exports them, move them to
-  services/api/metrics.py (or wherever they are defined) and delete them here.
+- Prometheus's own series (``up``).
 """
 
 from __future__ import annotations
@@ -55,16 +51,6 @@ RAY_METRICS: dict[str, str] = {
     "ray_serve_actual_batch_size_sum": "serve/batching.py",
     "ray_serve_actual_batch_size_count": "serve/batching.py",
 }
-
-# NOT EXPORTED YET (issue 6, serving monitoring). Labels: endpoint, model_id, and
-# crucible_endpoint_fairness: sensitive_feature, metric (e.g. demographic_parity_ratio);
-# crucible_endpoint_feature_psi: feature.
-PLANNED_MONITORING_METRICS: tuple[str, ...] = (
-    "crucible_endpoint_fairness",
-    "crucible_endpoint_live_accuracy",
-    "crucible_endpoint_feature_psi",
-    "crucible_endpoint_drift_alert",
-)
 
 # Prometheus's own series for every scrape target.
 PROMETHEUS_METRICS: tuple[str, ...] = ("up",)

@@ -152,3 +152,70 @@ def test_scoring_runs_migration_from_the_previous_schema_goes_down_and_up(
         assert "scoring_runs" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_monitoring_migration_keeps_endpoints_and_goes_down_and_up(database_url: str) -> None:
+    """From 0006 with a served endpoint: 0007 adds the monitoring tables and the endpoint's
+    serving, canary and alert columns (NULL on the old row, read as the default serving
+    settings); down to 0006 drops them and keeps the endpoint."""
+    from services.core.monitoring import serving_spec
+    from services.store.models import Endpoint
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0006")
+            conn.exec_driver_sql(
+                "INSERT INTO datasets (id, name, uri, format, sha256, num_rows, size_bytes, "
+                "columns, builtin, created_at) VALUES ('ds_1', 'd', 'file:///d.parquet', "
+                "'parquet', '" + "0" * 64 + "', 1, 1, '[]', false, CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (id, name, status, spec, dataset_id, created_at, attempts, "
+                "cancel_requested, resumable) VALUES ('job_1', 'j', 'succeeded', '{}', 'ds_1', "
+                "CURRENT_TIMESTAMP, 1, false, false)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO model_versions (id, job_id, candidate, trial_key, dataset_id, "
+                "dataset_sha256, bundle_uri, bundle_digest, metrics, created_at) VALUES "
+                "('mdl_1', 'job_1', 'best', 't', 'ds_1', '"
+                + "0" * 64
+                + "', 'file:///b', '"
+                + "1" * 64
+                + "', '{}', CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO endpoints (name, model_id, status, created_at, updated_at) VALUES "
+                "('adult', 'mdl_1', 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        migrate(db.engine)
+        tables = set(inspect(db.engine).get_table_names())
+        assert {"prediction_logs", "endpoint_events"} <= tables
+        names = {c["name"] for c in inspect(db.engine).get_columns("endpoints")}
+        assert {"serving", "canary_model_id", "canary_percent", "alert"} <= names
+        with db.session() as s:
+            row = s.get(Endpoint, "adult")
+            assert row is not None and row.serving is None and row.alert is None
+            assert serving_spec(row).monitoring_window == 1000
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                'INSERT INTO prediction_logs (endpoint, model_id, request_id, "index", ts, '
+                "features, prediction, latency_ms) VALUES ('adult', 'mdl_1', 'r1', 0, "
+                "CURRENT_TIMESTAMP, '{}', '1', 1.0)"
+            )
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+        tables = set(inspect(db.engine).get_table_names())
+        assert not {"prediction_logs", "endpoint_events"} & tables
+        names = {c["name"] for c in inspect(db.engine).get_columns("endpoints")}
+        assert not {"serving", "canary_model_id", "canary_percent", "alert"} & names
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM endpoints").scalar() == 1
+        migrate(db.engine)
+        assert "prediction_logs" in inspect(db.engine).get_table_names()
+    finally:
+        db.engine.dispose()
