@@ -35,6 +35,62 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message tells the user what to change."""
 
 
+# On a GPU, a training split up to this fraction of the free device memory is copied there
+# once and batches are gathered on the device; a larger one goes through pinned host buffers.
+DEVICE_RESIDENT_FRACTION = 0.25
+
+
+class _Feeder:
+    """Puts each training batch on the training device.
+
+    On the CPU a batch is a slice of the arrays. On a GPU the split is copied to the device
+    once when it fits (no host-to-device copy per batch at all); otherwise each batch is
+    gathered straight into one of two pinned host buffers and copied asynchronously, so the
+    copy of one batch overlaps the compute of the one before. (Indexing a pinned tensor gives
+    an unpinned one, on which ``non_blocking`` copies would be synchronous.)
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int):
+        self.device = device
+        self.mode = "host"
+        self.turn = 0
+        self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if x.nbytes + y.nbytes <= free * DEVICE_RESIDENT_FRACTION:
+                self.mode = "resident"
+                x, y = x.to(device), y.to(device)
+            else:
+                self.mode = "pinned"
+                self.slots = [
+                    (
+                        torch.empty((batch, *x.shape[1:]), dtype=x.dtype).pin_memory(),
+                        torch.empty((batch, *y.shape[1:]), dtype=y.dtype).pin_memory(),
+                        torch.cuda.Event(),
+                    )
+                    for _ in range(2)
+                ]
+        self.x, self.y = x, y
+
+    def order(self, order: torch.Tensor) -> torch.Tensor:
+        """An epoch's row order, where the batches are gathered."""
+        return order.to(self.device) if self.mode == "resident" else order
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode != "pinned":
+            return self.x[idx].to(self.device), self.y[idx].to(self.device)
+        hx, hy, copied = self.slots[self.turn]
+        self.turn ^= 1
+        copied.synchronize()  # the copy that last read this buffer is done with it
+        n = len(idx)
+        torch.index_select(self.x, 0, idx, out=hx[:n])
+        torch.index_select(self.y, 0, idx, out=hy[:n])
+        xb = hx[:n].to(self.device, non_blocking=True)
+        yb = hy[:n].to(self.device, non_blocking=True)
+        copied.record()
+        return xb, yb
+
+
 @dataclass(frozen=True)
 class TrainData:
     """Inputs shaped ``(rows, *example_shape)``; targets as the objective wants them."""
@@ -144,6 +200,10 @@ def predict_logits(
         )
 
 
+def _diverged(loss: float, epoch: int) -> TrainingError:
+    return TrainingError(f"loss became {loss} in epoch {epoch}; try a lower training.learning_rate")
+
+
 def _better(a: float, b: float, mode: str, min_delta: float = 0.0) -> bool:
     return a < b - min_delta if mode == "min" else a > b + min_delta
 
@@ -182,9 +242,9 @@ def fit(
     objective = data.task
     x = torch.from_numpy(np.require(data.x_train, requirements="W"))
     y = torch.from_numpy(np.require(data.y_train, requirements="W"))
-    if device.type == "cuda":
-        # Pinned host memory makes the per-batch copies asynchronous.
-        x, y = x.pin_memory(), y.pin_memory()
+    feeder = _Feeder(x, y, device, spec.batch_size)
+    # On a GPU every .item() waits for the queued work: check and sum the loss once an epoch.
+    sync_per_batch = device.type != "cuda"
     # Frozen layers (transfer learning) take no optimizer state and no penalty.
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(spec, trainable)
@@ -240,13 +300,14 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        order = torch.randperm(len(x), generator=gen)[rank::world]
-        total, count = 0.0, 0
+        order = feeder.order(torch.randperm(len(x), generator=gen)[rank::world])
+        # float64, as a Python float sum would be, on the device so that adding needs no sync
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
         for i in range(0, len(order), spec.batch_size):
             idx = order[i : i + spec.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            xb = x[idx].to(device, non_blocking=True)
-            yb = y[idx].to(device, non_blocking=True)
+            xb, yb = feeder.batch(idx)
             if aug is not None and aug.active:
                 xb = augment(xb, aug)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -260,20 +321,20 @@ def fit(
                     loss = objective.batch_loss(forward(xb), yb, xb)
             if spec.l1:
                 loss = loss + spec.l1 * sum(p.abs().sum() for p in trainable)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} in epoch {epoch}; "
-                    "try a lower training.learning_rate"
-                )
+            if sync_per_batch and not torch.isfinite(loss):
+                raise _diverged(loss.item(), epoch)
             scaler.scale(loss).backward()
             if spec.grad_clip_norm is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(trainable, spec.grad_clip_norm)
             scaler.step(optimizer)
             scaler.update()
-            total += loss.item() * len(idx)
+            loss_sum += loss.detach().double() * len(idx)
             count += len(idx)
 
+        total = loss_sum.item()
+        if not math.isfinite(total):
+            raise _diverged(total, epoch)
         if all_reduce is not None:
             summed = all_reduce(torch.tensor([total, float(count)], device=device))
             total, count = float(summed[0]), int(summed[1])
