@@ -60,16 +60,17 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Scalar = bool | int | FiniteFloat | str
 
 
-def _check_json(value: Any, where: str) -> None:
-    """JSON that the database stores as is: no NaN or infinity (PostgreSQL's JSON has none)."""
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinity (which Python's JSON parser lets through, and PostgreSQL's JSON cannot
+    store) as None: a missing value, as training reads one. A replica posts what clients sent,
+    and one odd number must not get a whole batch of records refused."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} is not a finite number")
+        return None
     if isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json(v, f"{where}[{i}]")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_json(v, f"{where}.{k}")
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 class PredictionRecord(BaseModel):
@@ -86,11 +87,10 @@ class PredictionRecord(BaseModel):
     score: FiniteFloat | None = None
     latency_ms: float = Field(ge=0, allow_inf_nan=False)
 
-    @field_validator("features")
+    @field_validator("features", "prediction", "score", mode="before")
     @classmethod
-    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _check_json(v, "features")
-        return v
+    def _finite(cls, v: Any) -> Any:
+        return _finite_or_none(v)
 
 
 class PredictionBatch(BaseModel):

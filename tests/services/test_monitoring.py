@@ -8,6 +8,7 @@ endpoint row is made the way a promotion leaves it, without Serve (nothing here 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from jobs.spec import MLPSpec, ServingSpec
 from services.core.auth import endpoint_token
 from services.core.datasets import builtin_id
 from services.core.ids import new_id
-from services.store.models import Endpoint, Job, ModelVersion
+from services.store.models import Endpoint, Job, ModelVersion, PredictionLog
 from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
 from tests.services.conftest import Client
 
@@ -356,6 +357,27 @@ def test_a_wrong_token_is_401_and_stores_nothing(served: Served) -> None:
     assert served.monitoring()["logged"] == 0
 
 
+def test_non_finite_numbers_are_stored_as_missing(served: Served) -> None:
+    """Python's JSON parser (the replica's and ours) takes NaN and Infinity; PostgreSQL's JSON
+    cannot hold them: they are stored as null, the batch is not refused for them."""
+    records = served.records(population(3, seed=13), "nan")
+    records[0]["features"]["age"] = float("nan")
+    records[1]["score"] = float("inf")
+    body = json.dumps({"records": records})  # NaN / Infinity tokens, as json.dumps writes them
+    assert "NaN" in body and "Infinity" in body
+    r = served.api.c.post(
+        "/v1/internal/endpoints/adult/predictions",
+        content=body,
+        headers={"Authorization": f"Bearer {served.token}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == 3
+    db = served.api.c.app.state.services.db  # type: ignore[attr-defined]
+    with db.session() as s:
+        rows = {r.request_id: r for r in s.query(PredictionLog).all()}
+    assert rows["nan-0"].features["age"] is None and rows["nan-1"].score is None
+
+
 def test_a_resent_batch_is_stored_once(served: Served) -> None:
     records = served.records(population(20, seed=8), "r", per_request=5)
     assert served.ingest(records).json() == {"accepted": 20, "stored": 20}
@@ -422,8 +444,6 @@ def test_bad_requests_change_nothing(served: Served) -> None:
 def test_sdk_and_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK and the CLI on the same API (in process: the SDK's HTTP client is the app's
     test client)."""
-    import json
-
     from typer.testing import CliRunner
 
     from services import cli
