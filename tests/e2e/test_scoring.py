@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +16,7 @@ from jobs.datasets import BUILTIN
 
 from .conftest import Stack
 from .test_promotion import tiny_spec
+from .test_stack import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -30,20 +32,23 @@ def endpoint(stack: Stack) -> dict[str, Any]:
     return c.promote(job["id"], "batch-e2e")
 
 
-def test_batch_scoring_equals_online_predictions(
-    stack: Stack, endpoint: dict[str, Any], tmp_path: Path
-) -> None:
-    c = stack.client
-
-    # Rows the model did not train on (the job used the whole of Adult, but any rows do).
+@pytest.fixture(scope="module")
+def to_score(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, str]:
+    """200 Adult rows with a reference column, registered: (the table, its dataset id)."""
     table = pq.read_table(BUILTIN["adult"].path).slice(5000, ROWS)
     table = table.append_column("ref", [[f"person-{i}" for i in range(ROWS)]])
-    path = tmp_path / "to_score.parquet"
+    path = tmp_path_factory.mktemp("scoring") / "to_score.parquet"
     pq.write_table(table, path)
-    dataset = c.upload_dataset(path, "to-score")
+    return table, stack.client.upload_dataset(path, "to-score")["id"]
 
+
+def test_batch_scoring_equals_online_predictions(
+    stack: Stack, endpoint: dict[str, Any], to_score: tuple[pa.Table, str], tmp_path: Path
+) -> None:
+    c = stack.client
+    table, dataset_id = to_score
     run = c.score_endpoint(
-        "batch-e2e", dataset["id"], concurrency=2, batch_size=64, passthrough=["ref"]
+        "batch-e2e", dataset_id, concurrency=2, batch_size=64, passthrough=["ref"]
     )
     assert run["status"] == "queued"
     seen: list[int] = []
@@ -51,6 +56,7 @@ def test_batch_scoring_equals_online_predictions(
         run["id"], timeout=600, on_poll=lambda r: seen.append(r["progress"]["rows_done"])
     )
     assert final["status"] == "succeeded", final["error"]
+    print(f"scored {ROWS} rows in {final['duration_s']:.1f} s (driver start to result)")
     assert final["model_id"] == endpoint["model_id"] and final["endpoint"] == "batch-e2e"
     assert final["progress"] == {"rows_done": ROWS, "rows_total": ROWS, "fraction": 1.0}
     assert seen == sorted(seen)  # progress only goes forward
@@ -102,3 +108,15 @@ def test_a_scoring_run_whose_ray_job_is_stopped_ends_failed(
     final = c.wait_scoring(run["id"], timeout=120, poll=0.5)
     assert final["status"] == "failed" and final["error"]
     assert final["progress"]["rows_done"] < final["progress"]["rows_total"]
+
+
+def test_cli_score_follow_saves_the_result(
+    stack: Stack, endpoint: dict[str, Any], to_score: tuple[pa.Table, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "cli.parquet"
+    done = run_cli(
+        stack, "score", "batch-e2e", to_score[1], "--follow", "-o", str(out), timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout and f"{ROWS}/{ROWS} rows" in done.stdout
+    assert pq.read_table(out).column("row").to_pylist() == list(range(ROWS))

@@ -254,3 +254,46 @@ def test_cancel(setup: tuple[Client, str, str]) -> None:
         "applied": False
     }
     assert client.get(f"/v1/scoring/{run_id}").json()["progress"]["rows_done"] == 0
+
+
+def test_sdk_and_cli(
+    setup: tuple[Client, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK and the CLI on the same API (in process: the SDK's HTTP client is the app's
+    test client)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from services import cli
+    from services.client import Crucible
+
+    client, dataset_id, model_id = setup
+    sdk = Crucible("http://testserver", "unused")
+    sdk.http = client.c
+    sdk.http.headers["Authorization"] = client.h["Authorization"]
+    monkeypatch.setattr(cli, "_client", lambda url, token: sdk)
+    run = CliRunner().invoke
+
+    r = run(cli.app, ["score", "churn", dataset_id, "-p", "id", "--batch-size", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    run_id = json.loads(r.output)["id"]
+    assert sdk.scoring_run(run_id)["request"]["batch_size"] == 8
+    r = run(cli.app, ["score", model_id, dataset_id, "--model"])
+    assert r.exit_code == 0 and "queued" in r.output, r.output
+    r = run(cli.app, ["score", "nope", dataset_id])
+    assert r.exit_code == 2 and "no endpoint 'nope'" in r.output
+
+    folder = client.settings.resolved_artifact_root / "scoring" / run_id
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"row": [0], "prediction": ["no"]}), folder / "result.parquet")
+    report(client, run_id, {"status": "succeeded", "rows_done": 40, "rows_total": 40})
+    r = run(cli.app, ["scoring", "show", run_id], terminal_width=200)
+    assert r.exit_code == 0 and f"{run_id}  succeeded  40/40 rows" in r.output, r.output
+    r = run(cli.app, ["scoring", "result", run_id, "-o", str(tmp_path / "out.parquet")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out.parquet").read_bytes() == (folder / "result.parquet").read_bytes()
+    assert [x["id"] for x in sdk.scoring_runs("succeeded")] == [run_id]
+    assert sdk.scoring_rows(run_id)["items"] == [{"row": 0, "prediction": "no"}]
+    r = run(cli.app, ["scoring", "list"], terminal_width=200)
+    assert r.exit_code == 0 and r.output.count("scr_") == 2
