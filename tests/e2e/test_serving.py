@@ -6,7 +6,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from jobs.datasets import BUILTIN
 
 from .conftest import Stack
 from .test_promotion import tiny_spec
+from .test_stack import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +54,22 @@ def test_a_canary_gets_its_share_of_requests(
     stack: Stack, two_jobs: list[str], rows: list[dict[str, Any]]
 ) -> None:
     stable = promote(stack, two_jobs[0], "canary")
-    canary = promote(stack, two_jobs[1], "canary", traffic={"new": 30})
+    # As a user starts one: the CLI, with its serving overrides.
+    out = run_cli(
+        stack,
+        "promote",
+        two_jobs[1],
+        "canary",
+        "--traffic",
+        "30",
+        "--serving",
+        "max_batch_size=4",
+        "--json",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    canary = json.loads(out.stdout)
+    assert canary["traffic"] == 30
     headers = {"Authorization": f"Bearer {stack.token}"}
     served: collections.Counter[str] = collections.Counter()
     with httpx.Client(timeout=30) as http:
@@ -69,6 +87,7 @@ def test_a_canary_gets_its_share_of_requests(
     promote(stack, two_jobs[1], "canary")
     ep = stack.client.endpoint("canary")
     assert ep["model_id"] == canary["model_id"] and ep["canary"] is None
+    assert ep["serving"]["max_batch_size"] == 4
     with httpx.Client(timeout=30) as http:
         ids = {
             http.post(stable["url"], json={"instances": rows[:1]}, headers=headers).json()[
@@ -153,3 +172,100 @@ def test_bad_instances_are_422_naming_the_instance_and_column(
     assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["instances"]
     r = httpx.post(out["url"], content=b"{not json", headers=headers, timeout=30)
     assert r.status_code == 400
+
+
+def test_cli_audit_show_prints_each_check_and_opens_the_report(
+    stack: Stack, two_jobs: list[str], tmp_path: Path
+) -> None:
+    as_json = run_cli(stack, "audit", "show", two_jobs[0], "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    audit = json.loads(as_json.stdout)
+    assert audit["checks"], "tiny_spec audits sex with the default limits"
+    human = run_cli(stack, "audit", "show", two_jobs[0], COLUMNS="300")
+    assert human.returncode == 0, human.stderr
+    verdict = "passed" if audit["passed"] else "failed"
+    assert f"audit {verdict}" in human.stdout
+    for check in audit["checks"]:
+        assert check["reason"][:60] in human.stdout.replace("\n", " ")
+    # --open hands the saved report to the user's browser ($BROWSER here records what it got).
+    seen = tmp_path / "opened"
+    browser = f"{sys.executable} -c \"import sys; open('{seen}', 'w').write(sys.argv[1])\" %s"
+    opened = run_cli(stack, "audit", "show", two_jobs[0], "--open", BROWSER=browser)
+    assert opened.returncode == 0, opened.stderr
+    page = Path(seen.read_text().removeprefix("file://"))
+    assert page.read_text().lstrip().lower().startswith("<!doctype html")
+    missing = run_cli(stack, "audit", "show", "job_nope")
+    assert missing.returncode == 2 and "Traceback" not in missing.stdout + missing.stderr
+
+
+def test_logged_predictions_give_live_accuracy_and_a_drift_alert(
+    stack: Stack, two_jobs: list[str]
+) -> None:
+    """Through the real endpoint: the replica logs each prediction, feedback by request id
+    makes live accuracy, and a shifted input stream raises the drift alert."""
+    window = 300
+    out = promote(
+        stack,
+        two_jobs[0],
+        "watched",
+        serving={"log_sample_rate": 1.0, "monitoring_window": window, "drift_threshold": 0.2},
+    )
+    table = pq.read_table(BUILTIN["adult"].path).slice(1000, 2 * window)
+    labels = table.column("income").to_pylist()
+    rows = table.drop(["income"]).to_pylist()
+    c = stack.client
+
+    def send(batch: list[dict[str, Any]], prefix: str) -> list[tuple[str, list[Any]]]:
+        sent = []
+        with httpx.Client(timeout=30) as http:
+            for start in range(0, len(batch), 10):
+                rid = f"{prefix}-{start}"
+                r = http.post(
+                    out["url"],
+                    json={"instances": batch[start : start + 10]},
+                    headers={"Authorization": f"Bearer {stack.token}", "X-Request-ID": rid},
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["request_id"] == rid
+                sent.append((rid, r.json()["predictions"]))
+        return sent
+
+    def logged_at_least(n: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while (fig := c.monitoring("watched"))["logged"] < n:
+            assert time.monotonic() < deadline, fig
+            time.sleep(0.5)
+        return fig
+
+    sent = send(rows[:window], "plain")
+    logged_at_least(window)
+    items, right = [], 0
+    for rid, predictions in sent:
+        start = int(rid.rsplit("-", 1)[1])
+        for i, predicted in enumerate(predictions):
+            items.append({"request_id": rid, "index": i, "label": labels[start + i]})
+            right += predicted == labels[start + i]
+    assert c.feedback("watched", items) == {"matched": window, "unmatched": 0}
+    fig = c.monitoring("watched")
+    (served,) = fig["models"]
+    assert served["model_id"] == out["model_id"] and served["labelled"] == window
+    assert served["accuracy"] == pytest.approx(right / window)
+    assert served["drift"]["status"] == "ok" and fig["alert"] is None, served["drift"]
+
+    # The same people, thirty years older and working twice the hours.
+    shifted = [
+        {**r, "age": r["age"] + 30, "hours_per_week": r["hours_per_week"] * 2}
+        for r in rows[window:]
+    ]
+    send(shifted, "shifted")
+    # The window (the newest 300) fills with the shifted rows as their logs arrive.
+    deadline = time.monotonic() + 60
+    while (fig := c.monitoring("watched"))["alert"] != "drift":
+        assert time.monotonic() < deadline, fig["models"][0]["drift"]
+        time.sleep(0.5)
+    drift = fig["models"][0]["drift"]["features"]
+    assert drift["age"]["drifted"] and drift["hours_per_week"]["drifted"]
+    assert not drift["sex"]["drifted"]
+    events = c.endpoint_events("watched")
+    assert [e["type"] for e in events] == ["drift_alert_raised"]
+    assert c.endpoint("watched")["alert"] == "drift"
