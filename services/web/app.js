@@ -467,6 +467,8 @@
 
   async function endpointView(name, gen) {
     const e = await request(`/endpoints/${encodeURIComponent(name)}`);
+    // Monitoring may be unreadable (an old bundle, a database hiccup): the page still shows.
+    const mon = await request(`/endpoints/${encodeURIComponent(name)}/monitoring`).catch(() => null);
     if (gen !== generation) return;
     const ids = [...new Set(e.history.map((p) => p.model_id).filter(Boolean))];
     // A version whose model cannot be read still gets its history row, without lineage.
@@ -490,12 +492,67 @@
     show(
       h("p", {}, h("a", { href: "#/endpoints" }, "← Endpoints")),
       h("h1", {}, e.name, " ", badge(e.status)),
-      h("dl", { class: "facts" }, fact("Serving", e.model_id), fact("URL", e.url)),
+      h("dl", { class: "facts" }, fact("Serving", e.model_id), fact("URL", e.url),
+        e.canary ? fact("Canary", `${e.canary.model_id} (${e.canary.percent}% of requests)`) : null),
+      monitoringSection(mon),
       h("h2", {}, "Version history"),
       h("table", { id: "versions" },
         h("thead", {}, h("tr", {}, ["When", "Model", "Replaced", "Status", "By", "Job", "Metrics", "Audit", "Detail"]
           .map((c) => h("th", {}, c)))),
         h("tbody", {}, rows)));
+  }
+
+  // Live figures per version over the monitoring window: traffic, latency, live accuracy
+  // from feedback labels, and input drift (PSI per feature against the training split).
+  function monitoringSection(mon) {
+    if (!mon) return [h("h2", {}, "Monitoring"), h("p", { class: "muted" }, "No monitoring figures.")];
+    const alert = mon.alert
+      ? h("span", { class: "badge s-failed", id: "alert" }, `alert: ${mon.alert}`)
+      : h("span", { class: "badge s-succeeded", id: "alert" }, "no alert");
+    const rows = mon.models.map((m) => h("tr", {},
+      h("td", { class: "mono" }, m.model_id),
+      h("td", { class: "num" }, m.share === null ? "–" : `${Math.round(m.share * 100)}%`),
+      h("td", { class: "num" }, m.requests),
+      h("td", { class: "num" }, m.latency_ms ? `${fmt(m.latency_ms.p50, 3)} / ${fmt(m.latency_ms.p99, 3)}` : "–"),
+      h("td", { class: "num" }, m.accuracy === null || m.accuracy === undefined ? "–" : fmt(m.accuracy)),
+      h("td", { class: "num" }, m.labelled),
+      h("td", {}, badge(m.drift.status))));
+    const charts = mon.models
+      .filter((m) => Object.keys(m.drift.features || {}).length)
+      .map((m) => [h("h3", { class: "small" }, `Drift of ${m.model_id} (PSI per feature)`),
+        psiChart(m.drift.features, m.drift.threshold)]);
+    return [
+      h("h2", {}, "Monitoring ", alert),
+      h("p", { class: "muted small" },
+        `${mon.logged} logged predictions in a window of ${mon.window}; drift needs ${mon.min_drift_rows}.`),
+      h("table", { id: "monitoring" },
+        h("thead", {}, h("tr", {}, ["Version", "Share", "Requests", "Latency p50 / p99 ms",
+          "Live accuracy", "Labelled", "Drift"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, rows)),
+      ...charts.flat(),
+    ];
+  }
+
+  function psiChart(features, threshold) {
+    const entries = Object.entries(features).sort((a, b) => (b[1].psi || 0) - (a[1].psi || 0));
+    const rowH = 20, left = 150, width = 420;
+    const top = Math.max(threshold * 1.5, ...entries.map(([, f]) => f.psi || 0));
+    const x = (v) => left + (v / top) * width;
+    const chart = svg("svg", { class: "chart psi", width: left + width + 60,
+      height: entries.length * rowH + 24, viewBox: `0 0 ${left + width + 60} ${entries.length * rowH + 24}` });
+    entries.forEach(([name, f], i) => {
+      const y = 4 + i * rowH;
+      chart.append(
+        svg("text", { x: left - 6, y: y + 13, "text-anchor": "end", class: "label" }, name),
+        svg("rect", { x: left, y: y + 2, width: Math.max(1, x(f.psi || 0) - left), height: rowH - 6,
+          fill: f.drifted ? "#dc2626" : "#2563eb" }, svg("title", {}, `${name}: PSI ${fmt(f.psi)}`)),
+        svg("text", { x: x(f.psi || 0) + 4, y: y + 13 }, fmt(f.psi, 3)));
+    });
+    const tx = x(threshold);
+    chart.append(
+      svg("line", { x1: tx, x2: tx, y1: 0, y2: entries.length * rowH + 6, class: "axis", "stroke-dasharray": "4 3" }),
+      svg("text", { x: tx, y: entries.length * rowH + 20, "text-anchor": "middle" }, `threshold ${threshold}`));
+    return chart;
   }
 
   // A model's metrics are grouped ({test: evaluation, validation: best trial}); the test

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
+
+from jobs.datasets import BUILTIN
 
 from .conftest import Stack
 
@@ -169,6 +173,17 @@ def test_web_ui(stack: Stack, page: tuple[Any, list[str]]) -> None:
     print(f"screenshot: {ARTIFACTS / 'web-ui-audit.png'}")
 
     promoted = stack.client.promote(job_id, ENDPOINT)
+    # Some traffic, so the endpoint page has monitoring figures to draw.
+    rows = pq.read_table(BUILTIN["adult"].path).slice(0, 40).drop(["income"]).to_pylist()
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    for start in range(0, 40, 10):
+        batch = {"instances": rows[start : start + 10]}
+        r = httpx.post(promoted["url"], json=batch, headers=headers)
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    while stack.client.monitoring(ENDPOINT)["logged"] < 40:
+        assert time.monotonic() < deadline, "the prediction logs did not arrive"
+        time.sleep(0.5)
     pg.click("nav a[href='#/endpoints']")
     pg.wait_for_selector(f"#endpoints a[href='#/endpoints/{ENDPOINT}']")
     shoot(pg, "endpoints")
@@ -178,6 +193,11 @@ def test_web_ui(stack: Stack, page: tuple[Any, list[str]]) -> None:
     assert promoted["model_id"] in versions
     assert job_id in versions  # lineage: the version links back to its job
     assert "test accuracy" in versions
+    monitoring = pg.locator("#monitoring tbody").inner_text()
+    assert promoted["model_id"] in monitoring and "40" in monitoring
+    assert pg.locator("#alert").inner_text() == "no alert"
+    # One PSI bar per profiled input the requests carried, against the threshold line.
+    assert pg.locator("svg.psi rect").count() >= 10
     shoot(pg, "endpoint")
 
     # Signing out forgets the token.
