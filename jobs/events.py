@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 EventType = Literal[
     "job.running",
+    "job.waiting",  # no trial can start for want of resources (data: reason, since)
+    "job.resumed",  # a trial started again after a job.waiting (data: since, waited_s)
     "trial.started",
     "trial.epoch",
     "trial.finished",

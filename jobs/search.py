@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,19 +214,83 @@ def trial_error_text(trial: Trial) -> str:
 _SINKS: dict[str, EventSink] = {}
 
 
+# How long no trial may run while some wait for resources before the job says it is waiting:
+# longer than the gap between one trial ending and the next starting on a busy cluster.
+WAIT_NOTICE_S = float(os.environ.get("CRUCIBLE_WAIT_NOTICE_S", "5"))
+
+
+def trial_needs(spec: JobSpec) -> dict[str, float]:
+    """What one trial takes from the cluster in all (every worker of a data-parallel one)."""
+    r = spec.resources
+    return {
+        "CPU": r.workers_per_trial * r.cpus_per_worker,
+        "GPU": r.workers_per_trial * r.gpus_per_worker,
+    }
+
+
+def waiting_reason(needs: dict[str, float]) -> str:
+    """Why a trial cannot start, in the cluster's own figures at this moment."""
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    wanted = {k: v for k, v in needs.items() if v > 0}
+    what = ", ".join(f"{v:g} {k}" for k, v in wanted.items())
+    has = ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k} free" for k in wanted)
+    if any(total.get(k, 0.0) < v for k, v in wanted.items()):
+        # Submission refuses this on a fixed cluster: here the cluster autoscales.
+        return f"waiting for the autoscaler: a trial needs {what}; the cluster has {has}"
+    return (
+        f"waiting for resources: a trial needs {what}; the cluster has {has} "
+        "(other work holds them)"
+    )
+
+
 class ProgressCallback(tune.Callback):
     """Forwards Tune's trial lifecycle to the control plane as progress events."""
 
-    def __init__(self, name: str, codec: SpaceCodec) -> None:
+    def __init__(self, name: str, codec: SpaceCodec, needs: dict[str, float] | None = None) -> None:
         self.name = name
         self.codec = codec
+        self.needs = needs or {}
+        self._idle_since: float | None = None  # no trial running, some pending, since then
+        self._waiting_since: float | None = None  # job.waiting sent for this idle spell
 
     @property
     def sink(self) -> EventSink:
         return _SINKS[self.name]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "codec": self.codec}
+        return {"name": self.name, "codec": self.codec, "needs": self.needs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["codec"], state.get("needs"))  # type: ignore[misc]
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        """Says when the search has stalled for resources (``job.waiting``) and when it goes
+        on (``job.resumed``): a trial left PENDING with none running is otherwise silent."""
+        now = time.time()
+        stalled = not any(t.status == Trial.RUNNING for t in trials) and any(
+            t.status == Trial.PENDING for t in trials
+        )
+        if not stalled:
+            self._idle_since = None
+            if self._waiting_since is not None:
+                since, self._waiting_since = self._waiting_since, None
+                self.sink.emit(
+                    "job.resumed", f"job.resumed:{since:.3f}", since=since, waited_s=now - since
+                )
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+        elif self._waiting_since is None and now - self._idle_since >= WAIT_NOTICE_S:
+            self._waiting_since = since = self._idle_since
+            # The key is the spell's start: a resent event is stored once, a later spell anew.
+            self.sink.emit(
+                "job.waiting",
+                f"job.waiting:{since:.3f}",
+                reason=waiting_reason(self.needs),
+                since=since,
+            )
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -428,7 +493,7 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            callbacks=[ProgressCallback(name, codec)],
+            callbacks=[ProgressCallback(name, codec, trial_needs(spec))],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # PBT restores trials from others' older checkpoints: keep them all there (until

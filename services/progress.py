@@ -109,6 +109,10 @@ def _show(
         progress.console.print(f"job {d['status']}" + (f": {d['error']}" if d.get("error") else ""))
     elif kind == "job.relaunched":
         progress.console.print(f"driver lost ({d['reason']}); relaunched, attempt {d['attempt']}")
+    elif kind == "job.waiting":
+        progress.console.print(f"[yellow]{d.get('reason', 'waiting for resources')}[/]")
+    elif kind == "job.resumed":
+        progress.console.print(f"resources free: trials run again (waited {d['waited_s']:.0f} s)")
     elif kind == "trial.started" and trial not in bars:
         bars[trial] = progress.add_task(f"trial {d['number']:>3} {trial}", total=total)
     elif kind == "trial.epoch":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from jobs.bundle import MANIFEST
@@ -158,10 +159,32 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
 
+# The events that start or end a wait for resources: a wait lasts from a job.waiting until the
+# driver says a trial started (job.resumed, trial.started) or a new driver takes over.
+_WAIT_MARKERS = ("job.waiting", "job.resumed", "trial.started", "job.running", "job.relaunched")
+
+
+def waiting_for(job: Job) -> dict[str, Any] | None:
+    """What a live job is waiting for (the driver's job.waiting event), or None."""
+    session = object_session(job)
+    if job.status in TERMINAL or session is None:
+        return None
+    last = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type.in_(_WAIT_MARKERS))
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
+    if last is None or last.type != "job.waiting":
+        return None
+    return {"reason": str(last.data.get("reason", "")), "since": last.data.get("since", last.ts)}
+
+
 def job_view(job: Job) -> dict[str, Any]:
     duration = None
     if job.started_at and job.finished_at:
         duration = (job.finished_at - job.started_at).total_seconds()
+    wait = waiting_for(job)
     return {
         "id": job.id,
         "name": job.name,
@@ -180,6 +203,9 @@ def job_view(job: Job) -> dict[str, Any]:
         ),
         "attempts": job.attempts,
         "resumable": job.resumable,
+        # Why no trial runs, while the cluster lacks the resources (None otherwise).
+        "waiting_for": wait["reason"] if wait else None,
+        "waiting_since": wait["since"] if wait else None,
         "spec": job.spec,
     }
 

@@ -4,6 +4,7 @@ endpoint's own predictions on the same test split."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,57 @@ def test_a_job_that_can_never_fit_is_refused(stack: Stack, uploaded: dict[str, A
     assert field["loc"] == ["resources", "cpus_per_worker"]
     assert "largest node has 2" in field["msg"]
     assert len(stack.client.jobs()) == before
+
+
+def test_a_job_that_waits_for_resources_says_so(stack: Stack, uploaded: dict[str, Any]) -> None:
+    """One job holds every whole CPU; a second one fits the cluster but not now: its status
+    says what it waits for, and it goes on once the first is cancelled."""
+    from .test_stack import run_cli
+
+    c = stack.client
+    idle = cpu_in_use(stack)  # a promoted endpoint may hold a sliver of a CPU
+    whole = int(2 - idle + 1e-6)
+    hog = c.submit_job(
+        flow_spec(
+            uploaded["id"],
+            name="hog",
+            training={"epochs": 500, "batch_size": 16},
+            search={
+                "space": {"model.dropout": {"choice": [0.0, 0.1]}},
+                "num_trials": whole,
+                "max_concurrent": whole,
+            },
+        )
+    )
+    deadline = time.monotonic() + 180
+    while cpu_in_use(stack) < idle + whole:
+        assert time.monotonic() < deadline, (c.job(hog["id"]), cpu_in_use(stack))
+        time.sleep(0.3)
+    waiter = c.submit_job(
+        flow_spec(
+            uploaded["id"],
+            name="waiter",
+            training={"epochs": 500, "batch_size": 16},
+            search={"space": {}, "num_trials": 1},
+        )
+    )
+    while (view := c.job(waiter["id"]))["waiting_for"] is None:
+        assert time.monotonic() < deadline and view["status"] in ("queued", "running"), view
+        time.sleep(0.5)
+    assert view["status"] == "running"
+    assert view["waiting_for"].startswith(
+        "waiting for resources: a trial needs 1 CPU; the cluster has "
+    ), view["waiting_for"]
+    assert view["waiting_since"] <= time.time()
+    assert not c.trials(waiter["id"])  # nothing ran
+    shown = run_cli(stack, "jobs", "show", waiter["id"], "--json")
+    assert json.loads(shown.stdout)["waiting_for"] == view["waiting_for"], shown.stderr
+
+    c.cancel(hog["id"])
+    while c.job(waiter["id"])["waiting_for"] is not None or not c.trials(waiter["id"]):
+        assert time.monotonic() < deadline, c.job(waiter["id"])
+        time.sleep(0.5)
+    c.cancel(waiter["id"])
+    kinds = [e["type"] for e in c.events(waiter["id"])]
+    assert kinds.index("job.waiting") < kinds.index("job.resumed")
+    assert c.job(waiter["id"])["waiting_for"] is None

@@ -340,3 +340,46 @@ def test_a_restored_trial_whose_checkpoint_was_replaced_resumes_from_the_newest(
     assert present is not None and present.epoch == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _resume_state(tune.Checkpoint.from_directory(str(tmp_path / "other" / "checkpoint_1")))
+
+
+def test_a_search_that_cannot_get_resources_says_it_is_waiting(
+    ray_cluster: None, collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another job holds every CPU: the search says what it waits for, then goes on once the
+    CPUs are free again."""
+    import jobs.search
+
+    monkeypatch.setattr(jobs.search, "WAIT_NOTICE_S", 1.0)
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()  # type: ignore[attr-defined]
+    ray.get(hog.ready.remote())
+    result: list[Any] = []
+    run = threading.Thread(
+        target=lambda: result.append(
+            search(collector, tmp_path, "wait", space={}, training={"epochs": 2, "batch_size": 64})
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 120
+    while not collector.of("job.waiting"):
+        assert time.monotonic() < deadline and run.is_alive()
+        time.sleep(0.2)
+    (waiting,) = collector.of("job.waiting")
+    assert waiting["reason"] == (
+        "waiting for resources: a trial needs 1 CPU; the cluster has 0 of 2 CPU free "
+        "(other work holds them)"
+    )
+    assert not collector.of("trial.epoch")
+    ray.kill(hog)
+    run.join(180)
+    assert result and result[0].metrics["epoch"] >= 1
+    (resumed,) = collector.of("job.resumed")
+    assert resumed["since"] == waiting["since"] and resumed["waited_s"] >= 1.0
+    # The waiting was said before the trial started, the going on after.
+    order = [e["type"] for e in collector.events]
+    assert order.index("job.waiting") < order.index("trial.started") <= order.index("job.resumed")

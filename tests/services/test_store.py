@@ -129,3 +129,44 @@ def test_terminal_job_ignores_late_status_events(db: Database) -> None:
         )
     with db.session() as s:
         assert JobRepository(s).get(job_id).status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_job_waiting_for_resources_says_so_until_a_trial_starts(db: Database) -> None:
+    job_id = new_job(db)
+    reason = "waiting for resources: a trial needs 2 CPU; the cluster has 0 of 2 CPU free"
+
+    def view() -> dict[str, object]:
+        with db.session() as s:
+            return job_service.job_view(job_service.get_job(s, job_id))
+
+    def send(*events: Event) -> None:
+        with db.session() as s:
+            job_service.apply_events(s, job_id, list(events))
+
+    waiting = Event(
+        key="job.waiting:100.000", type="job.waiting", data={"reason": reason, "since": 100.0}
+    )
+    send(Event(key="job.running", type="job.running"), waiting)
+    assert (view()["waiting_for"], view()["waiting_since"]) == (reason, 100.0)
+    send(waiting)  # a resent event changes nothing
+    assert view()["waiting_for"] == reason
+    send(
+        Event(key="job.resumed:100.000", type="job.resumed", data={"since": 100.0}),
+        Event(key="trial.started:t1", type="trial.started", data={"trial_id": "t1", "number": 0}),
+    )
+    assert (view()["waiting_for"], view()["waiting_since"]) == (None, None)
+    # A second wait; then the driver dies and a new one starts: the old wait is not carried.
+    send(
+        Event(key="job.waiting:200.000", type="job.waiting", data={"reason": reason, "since": 200})
+    )
+    assert view()["waiting_for"] == reason
+    with db.session() as s:
+        job_service.relaunch(job_service.get_job(s, job_id), "driver lost")
+    assert view()["waiting_for"] is None
+    # A job that ends while waiting (cancelled) is not waiting any more.
+    send(
+        Event(key="job.waiting:300.000", type="job.waiting", data={"reason": reason, "since": 300})
+    )
+    with db.session() as s:
+        job_service.request_cancel(s, job_id)
+    assert view()["waiting_for"] is None
