@@ -74,6 +74,23 @@ class Settings(BaseSettings):
         description="Largest dataset the API reads: an upload, or a file registered by URI "
         "(read whole at registration for its schema and quality report).",
     )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest request body the API reads, uploads aside (max_upload_bytes): "
+        "a larger one is refused with 413 before it is read.",
+    )
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Requests a minute per API token, in bursts of as many, counted in each "
+        "API process's memory; over it: 429 with Retry-After. 0: no limit.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins a browser may call the API from (JSON list or comma-separated). "
+        "Empty, the default: no CORS headers at all, so other sites' pages cannot read it.",
+    )
     dataset_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Where datasets may be registered from by URI: absolute local folders and "
@@ -83,7 +100,7 @@ class Settings(BaseSettings):
         "default credentials).",
     )
 
-    @field_validator("dataset_roots", mode="before")
+    @field_validator("dataset_roots", "cors_origins", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
         if isinstance(value, str):

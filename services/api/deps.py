@@ -1,7 +1,19 @@
-"""Dependencies injected into routes: the app's services and the caller's identity."""
+"""Dependencies injected into routes: the app's services and the caller's identity and role.
+
+Roles are enforced here and only here. Every /v1 route takes one of these:
+
+- ``CurrentUser``: the default by method: any role may read (GET, HEAD), a state change needs
+  ``member`` or above;
+- ``Viewer``, ``Member``, ``Approver``, ``Admin``: the route says what it needs, whatever its
+  method (``Viewer`` on a POST lets any user manage their own tokens).
+
+A role too low is ``403 {"error": "forbidden", "detail": "needs role approver"}``. The rate
+limit per token is checked here too, right after the token is.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,10 +21,13 @@ from fastapi import Depends, Header, Request
 
 from services.config import Settings
 from services.core.auth import Principal, authenticate
+from services.core.errors import Forbidden
 from services.orchestrator.ray_gateway import RayGateway
 from services.orchestrator.reconciler import Reconciler
 from services.orchestrator.serve_deployer import ServeDeployer
 from services.store.db import Database
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -32,11 +47,44 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def current_principal(
+def authenticated(
+    request: Request,
     services: ServicesDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    return authenticate(services.db, authorization)
+    """The token's user (401 without a valid one), within its rate limit (429)."""
+    principal = authenticate(services.db, authorization)
+    # For the audit log, which runs outside the route (services/api/audit_log.py).
+    request.state.principal = principal
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.check(principal.token_id)
+    return principal
 
 
-CurrentUser = Annotated[Principal, Depends(current_principal)]
+Authenticated = Annotated[Principal, Depends(authenticated)]
+
+
+def _demand(principal: Principal, role: str) -> Principal:
+    if not principal.has(role):
+        raise Forbidden(f"needs role {role}")
+    return principal
+
+
+def by_method(request: Request, principal: Authenticated) -> Principal:
+    return _demand(principal, "viewer" if request.method in READ_METHODS else "member")
+
+
+def require(role: str) -> Callable[[Principal], Principal]:
+    def dependency(principal: Authenticated) -> Principal:
+        return _demand(principal, role)
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+CurrentUser = Annotated[Principal, Depends(by_method)]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Member = Annotated[Principal, Depends(require("member"))]
+Approver = Annotated[Principal, Depends(require("approver"))]
+Admin = Annotated[Principal, Depends(require("admin"))]

@@ -30,11 +30,10 @@ def _strip_body(loc: Any) -> list[Any]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(
             error_body(exc.kind, exc.detail, exc.fields),
             status_code=exc.status_code,
-            headers=headers,
+            headers=exc.headers() or None,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -46,7 +45,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(OperationalError)

@@ -1,7 +1,8 @@
 """Bearer tokens: stored as sha256 hashes, never in the clear.
 
 Two kinds of secret reach the API:
-- user tokens (the admin bootstrap token for now), looked up by hash in the ``tokens`` table;
+- user tokens, looked up by hash in the ``tokens`` table; each belongs to a user, whose role
+  says what it may do (services/core/tokens.py manages both);
 - per-job tokens, an HMAC of the job id under the server's secret key, which let a job's
   driver post events for that job and nothing else (endpoint tokens do the same for an
   endpoint's replicas and their prediction logs). They need no storage, so a retried
@@ -14,13 +15,18 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from services.config import Settings, read_or_create_secret
 from services.core.errors import Unauthorized
 from services.core.ids import new_id
 from services.store.db import Database
-from services.store.models import Token
-from services.store.repositories import TokenRepository
+from services.store.models import Token, User, utcnow
+from services.store.repositories import TokenRepository, UserRepository
+
+# The admin user the bootstrap token belongs to (and, after migration 0008, every token from
+# before users existed).
+BOOTSTRAP_USER = "bootstrap"
 
 
 def hash_token(token: str) -> str:
@@ -33,7 +39,9 @@ def job_token(secret_key: str, job_id: str) -> str:
 
 def endpoint_token(secret_key: str, endpoint: str) -> str:
     """What an endpoint's replicas present when they post their prediction logs."""
-    return hmac.new(secret_key.encode(), f"endpoint:{endpoint}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret_key.encode(), f"endpoint:{endpoint}".encode(), hashlib.sha256
+    ).hexdigest()
 
 
 def check_endpoint_token(secret_key: str, endpoint: str, presented: str) -> None:
@@ -46,20 +54,61 @@ def check_job_token(secret_key: str, job_id: str, presented: str) -> None:
         raise Unauthorized("invalid job token")
 
 
+ROLES = ("viewer", "member", "approver", "admin")
+"""Each role may do what the ones before it may."""
+
+# How often a token's last use is written at most: reads must not each become a write.
+TOUCH_EVERY = timedelta(seconds=60)
+
+
+def role_rank(role: str) -> int:
+    return ROLES.index(role)
+
+
 @dataclass(frozen=True)
 class Principal:
     token_id: str
+    # The user's name: what promotions and the audit log record as the actor.
     name: str
     role: str
+    user_id: str
+    token_name: str = ""
+
+    def has(self, role: str) -> bool:
+        return role_rank(self.role) >= role_rank(role)
 
 
 def authenticate(db: Database, authorization: str | None) -> Principal:
     token = bearer(authorization)
+    now = utcnow()
     with db.session() as s:
-        row = TokenRepository(s).by_hash(hash_token(token))
-        if row is None or row.revoked_at is not None:
+        repo = TokenRepository(s)
+        found = repo.with_user(hash_token(token))
+        if found is None or found[0].revoked_at is not None:
             raise Unauthorized("invalid or revoked token")
-        return Principal(row.id, row.name, row.role)
+        row, user = found
+        if row.expires_at is not None and row.expires_at <= now:
+            raise Unauthorized("the token expired")
+        if user.disabled_at is not None:
+            raise Unauthorized("the token's user is disabled")
+        if row.last_used_at is None or row.last_used_at < now - TOUCH_EVERY:
+            repo.touch(row.id, now, now - TOUCH_EVERY)
+        return Principal(row.id, user.name, user.role, user.id, row.name)
+
+
+def principal_for(db: Database, authorization: str | None) -> Principal | None:
+    """Who a request's token names, without judging it (expired or revoked tokens still
+    name their user): for the audit log of requests refused before authentication ran."""
+    try:
+        token = bearer(authorization)
+    except Unauthorized:
+        return None
+    with db.session() as s:
+        found = TokenRepository(s).with_user(hash_token(token))
+        if found is None:
+            return None
+        row, user = found
+        return Principal(row.id, user.name, user.role, user.id, row.name)
 
 
 def bearer(authorization: str | None) -> str:
@@ -75,7 +124,8 @@ def ensure_bootstrap_token(db: Database, settings: Settings) -> str | None:
     """Make sure an admin token exists; return it in the clear only when just generated.
 
     The token comes from ``CRUCIBLE_BOOTSTRAP_TOKEN`` when set, else from ``<data-dir>/token``,
-    which is created (mode 0600) on first start.
+    which is created (mode 0600) on first start. It belongs to the admin user "bootstrap",
+    created with it.
     """
     created = False
     if settings.bootstrap_token is not None:
@@ -86,7 +136,11 @@ def ensure_bootstrap_token(db: Database, settings: Settings) -> str | None:
     with db.session() as s:
         repo = TokenRepository(s)
         if repo.by_hash(digest) is None:
-            repo.add(Token(id=new_id("tok"), name="bootstrap", token_hash=digest, role="admin"))
+            users = UserRepository(s)
+            user = users.by_name(BOOTSTRAP_USER)
+            if user is None:
+                user = users.add(User(id=new_id("usr"), name=BOOTSTRAP_USER, role="admin"))
+            repo.add(Token(id=new_id("tok"), name="bootstrap", token_hash=digest, user_id=user.id))
     return token if created else None
 
 

@@ -14,10 +14,21 @@ class DomainError(Exception):
         self.detail = detail
         self.fields = fields or []
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error."""
+        return {"WWW-Authenticate": "Bearer"} if self.status_code == 401 else {}
+
 
 class Unauthorized(DomainError):
     status_code = 401
     kind = "unauthorized"
+
+
+class Forbidden(DomainError):
+    """Authenticated, but the user's role does not allow it."""
+
+    status_code = 403
+    kind = "forbidden"
 
 
 class NotFound(DomainError):
@@ -38,6 +49,18 @@ class PayloadTooLarge(DomainError):
 class Invalid(DomainError):
     status_code = 422
     kind = "invalid"
+
+
+class TooManyRequests(DomainError):
+    status_code = 429
+    kind = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class Unavailable(DomainError):

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api.deps import CurrentUser, ServicesDep
+from services.api.deps import Approver, CurrentUser, ServicesDep
 from services.core.errors import NotFound
 from services.core.promotion import endpoint_view, model_view, rollback
 from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
@@ -52,7 +52,7 @@ def show_endpoint(name: str, services: ServicesDep, _: CurrentUser) -> dict[str,
 
 
 @router.post("/endpoints/{name}/rollback")
-def rollback_endpoint(name: str, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+def rollback_endpoint(name: str, services: ServicesDep, user: Approver) -> dict[str, Any]:
     """Serve the version the current one replaced: it starts and must predict on its sample
     rows before traffic moves back (waits until it answers); 409 when there is none."""
     return rollback(services.db, services.deployer, name, actor=user.name)

@@ -1,0 +1,192 @@
+"""Users, API tokens, and the audit log.
+
+Any user manages their own tokens (a viewer too); an admin manages users, everyone's tokens,
+and reads the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.deps import Admin, ServicesDep, Viewer
+from services.core import tokens as token_service
+from services.core.errors import Invalid
+from services.core.tokens import MAX_TOKEN_DAYS, USER_NAME_PATTERN
+from services.store.repositories import AuditLogRepository, TokenRepository, UserRepository
+
+router = APIRouter(prefix="/v1", tags=["identity"])
+log = logging.getLogger(__name__)
+
+Role = Literal["viewer", "member", "approver", "admin"]
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=USER_NAME_PATTERN, description="Unique; e-mail addresses fit.")
+    role: Role = Field(
+        "viewer",
+        description="viewer: read; member: submit and cancel jobs, upload datasets, audits, "
+        "feedback, batch scoring; approver: also promote (canaries included), roll back and "
+        "override gates; admin: also users, everyone's tokens and the audit log.",
+    )
+
+
+class UserChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    disabled: bool | None = Field(
+        None, description="true: every token of the user stops working at once."
+    )
+
+
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="What the token is for.")
+    user_id: str | None = Field(
+        None, description="Whose token: yourself by default; another user's needs admin."
+    )
+    expires_in_days: int | None = Field(
+        None, ge=1, le=MAX_TOKEN_DAYS, description="None: it never expires."
+    )
+
+
+def _resync(request: Request, services: ServicesDep) -> None:
+    """After the response: push the serving tokens again (retried by the expiry thread when
+    Ray does not take it now)."""
+    try:
+        pushed = token_service.sync_serving_tokens(services.db, services.deployer)
+    except Exception:  # after the answer: nobody to tell but the log and the retry thread
+        log.exception("pushing the serving tokens failed")
+        pushed = False
+    if not pushed:
+        sync = getattr(request.app.state, "token_sync", None)
+        if sync is not None:
+            sync.changed()
+
+
+@router.get("/me")
+def me(services: ServicesDep, caller: Viewer) -> dict[str, Any]:
+    """The caller: their user and the token they used."""
+    with services.db.session() as s:
+        user = UserRepository(s).get(caller.user_id)
+        token = TokenRepository(s).get(caller.token_id)
+        assert user is not None and token is not None
+        return {**token_service.user_view(user), "token": token_service.token_view(token)}
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED)
+def create_user(body: NewUser, services: ServicesDep, _: Admin) -> dict[str, Any]:
+    """A new user without tokens: create one with POST /v1/tokens and its ``user_id``."""
+    return token_service.create_user(services.db, body.name, body.role)
+
+
+@router.get("/users")
+def list_users(services: ServicesDep, _: Admin) -> dict[str, Any]:
+    return {"items": token_service.list_users(services.db)}
+
+
+@router.patch("/users/{user_id}")
+def update_user(
+    user_id: str,
+    body: UserChange,
+    request: Request,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    _: Admin,
+) -> dict[str, Any]:
+    """Change a user's role, or disable (enable) them; 409 for the last enabled admin."""
+    view, changed = token_service.update_user(services.db, user_id, body.role, body.disabled)
+    if changed:
+        background.add_task(_resync, request, services)
+    return view
+
+
+@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+def create_token(
+    body: NewToken,
+    request: Request,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    caller: Viewer,
+) -> dict[str, Any]:
+    """A new token; ``token`` in the answer is its secret, shown this once and stored only
+    as a hash. Serving endpoints take it once their config is pushed again, right after this
+    answer."""
+    made = token_service.create_token(
+        services.db, caller, body.name, body.user_id, body.expires_in_days
+    )
+    background.add_task(_resync, request, services)
+    return made
+
+
+@router.get("/tokens")
+def list_tokens(
+    services: ServicesDep,
+    caller: Viewer,
+    user_id: Annotated[str | None, Query(description="One user's (admins only).")] = None,
+) -> dict[str, Any]:
+    """Your tokens (an admin: everyone's), without their secrets or hashes."""
+    return {"items": token_service.list_tokens(services.db, caller, user_id)}
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(
+    token_id: str,
+    request: Request,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    caller: Viewer,
+) -> dict[str, Any]:
+    """Revoke a token: it is refused from now on, by the API at once and by serving
+    endpoints once their config is pushed again (right after this answer)."""
+    view, changed = token_service.revoke_token(services.db, caller, token_id)
+    if changed:
+        background.add_task(_resync, request, services)
+    return view
+
+
+@router.get("/audit-log")
+def audit_log(
+    services: ServicesDep,
+    _: Admin,
+    actor: Annotated[str | None, Query(description="A user's id or name.")] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, with a zone.")] = None,
+    before: Annotated[int | None, Query(ge=1, description="Entries older than this id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """State-changing requests, newest first: who (user, token), what (method, path, route,
+    resource), when, from where (client address), the status code and the request id."""
+    if since is not None and since.tzinfo is None:
+        raise Invalid(
+            "since needs a time zone",
+            [{"loc": ["query", "since"], "msg": "add a zone, e.g. Z or +00:00"}],
+        )
+    with services.db.session() as s:
+        rows = AuditLogRepository(s).list(actor, since, before, limit)
+        return {
+            "items": [
+                {
+                    "id": r.id,
+                    "ts": r.ts.isoformat(),
+                    "actor_id": r.actor_id,
+                    "actor_name": r.actor_name,
+                    "token_id": r.token_id,
+                    "method": r.method,
+                    "path": r.path,
+                    "route": r.route,
+                    "resource_id": r.resource_id,
+                    "status": r.status,
+                    "client_ip": r.client_ip,
+                    "request_id": r.request_id,
+                }
+                for r in rows
+            ]
+        }
