@@ -5,6 +5,9 @@ A bundle is a folder with two files and nothing executable:
 - ``model.safetensors``: the weights (safetensors, so loading runs no code, unlike pickle);
 - ``bundle.json``: architecture, preprocessing, classes, input signature, sample rows for
   health checks, and the sha256 of the weights, checked on every load.
+
+A compressed variant (``promotion.compress``/``prune``) stores its pruned float weights and
+names its quantization under ``compression``; the loader quantizes the model again from them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load_file, save_file
 
+from jobs.compress import Compression, served_model
 from jobs.data import DataError
 from jobs.models import build_model
 from jobs.preprocess import Preprocessor
@@ -85,9 +89,11 @@ def save_bundle(
     head: OutputHead,
     sample_rows: list[dict[str, Any]],
     metadata: dict[str, Any],
+    compression: Compression | None = None,
     reference: dict[str, Any] | None = None,
 ) -> str:
     """Write a bundle; return its digest (sha256 of the manifest, which pins the weights).
+    ``compression``: how the loader turns the stored float weights into the served model.
     ``reference``: the training inputs' profile (jobs.drift) the endpoint's drift is judged on."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
@@ -114,6 +120,8 @@ def save_bundle(
     }
     if reference is not None:
         manifest["reference"] = reference
+    if compression is not None and compression.active:
+        manifest["compression"] = compression.to_json()
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (folder / MANIFEST).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -150,7 +158,30 @@ class Predictor:
 
     def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         columns = self.preprocessor.columns_from_records(instances)
-        codes, extra = self.predict_columns(columns)
+        return self.predict_many([(instances, columns)])[0]
+
+    def predict_many(
+        self, requests: list[tuple[list[dict[str, Any]], dict[str, np.ndarray]]]
+    ) -> list[dict[str, Any]]:
+        """Answer several requests with one forward pass. Each request comes as its instances
+        and the raw columns ``preprocessor.columns_from_records`` made of them (checked per
+        request first, so that one bad request does not fail the others)."""
+        if len(requests) == 1:
+            instances, columns = requests[0]
+            return [self._answer(instances, *self.predict_columns(columns))]
+        names = list(requests[0][1])
+        joined = {n: np.concatenate([cols[n] for _, cols in requests]) for n in names}
+        codes, extra = self.predict_columns(joined)
+        out, start = [], 0
+        for instances, _ in requests:
+            end = start + len(instances)
+            out.append(self._answer(instances, codes[start:end], extra[start:end]))
+            start = end
+        return out
+
+    def _answer(
+        self, instances: list[dict[str, Any]], codes: np.ndarray, extra: np.ndarray
+    ) -> dict[str, Any]:
         if self.head.task == "regression":
             return {"predictions": [float(v) for v in codes]}
         if self.head.task == "anomaly_detection":
@@ -245,5 +276,8 @@ def load_bundle(folder: Path | str, expected_digest: str | None = None) -> Predi
         _MODEL_SPEC.validate_python(manifest["model"]), pre.example_shape, head.n_outputs(pre)
     )
     model.load_state_dict(weights)
-    model.eval()
-    return Predictor(model, pre, head, manifest)
+    try:
+        compression = Compression.from_json(manifest.get("compression"))
+    except ValueError as exc:
+        raise BundleError(f"{folder}: {exc}") from None
+    return Predictor(served_model(model, compression), pre, head, manifest)

@@ -23,10 +23,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from jobs.bundle import BundleError, OutputHead, read_bundle, save_bundle
+from jobs.bundle import BundleError, OutputHead, load_bundle, read_bundle, save_bundle
 from jobs.checkpoint import StateDict
 from jobs.data import Columns, DataError, is_missing, read_columns, split_indices, take
 from jobs.datasets import resolve_uri
+from jobs.drift import reference_profile
 from jobs.evaluate import evaluate, evaluate_anomalies, evaluate_regression
 from jobs.events import EventSink
 from jobs.preprocess import Preprocessor, layout_for
@@ -74,6 +75,9 @@ class Prepared:
     test_sensitive: Columns
     val_sensitive: Columns
     split_sizes: dict[str, int]
+    # jobs.drift.reference_profile of the raw training rows (inputs and sensitive features):
+    # every bundle carries it, so a served model's inputs can be checked for drift.
+    reference: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def classes(self) -> list[Any]:
@@ -164,6 +168,7 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
         # The autoencoder learns what normal rows look like: it never trains on anomalies.
         x_train, y_train = x_train[y_train == 0], y_train[y_train == 0]
     test_features = take(columns, split.test)
+    train_rows = {**take(columns, split.train), **take(sens_cols, split.train)}
     return Prepared(
         spec=spec,
         train=TrainData(
@@ -187,6 +192,7 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
             "validation": len(split.validation),
             "test": len(split.test),
         },
+        reference=reference_profile(train_rows, kinds, seed=sp.seed),
     )
 
 
@@ -272,7 +278,6 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     # fairlearn (with sklearn and pandas) alone costs over a second of start-up.
     import ray
 
-    from jobs.audit import AuditInputError, run_audit, run_regression_audit
     from jobs.search import rebuild, run_search
 
     prepared = prepare(manifest.spec, manifest.dataset_uri)
@@ -301,28 +306,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         best.state,
     )
     evaluation, pred, decision = evaluate_best(prepared, model, effective_spec(spec, best.config))
-    try:
-        audit: dict[str, Any] | None = None
-        if spec.resolved_task != "regression":
-            # Outcomes as favourable or not: the positive class (one-vs-rest when there are
-            # more), or "flagged as an anomaly".
-            audit = run_audit(
-                (prepared.y_test == prepared.positive).astype(np.int8),
-                (pred == prepared.positive).astype(np.int8),
-                prepared.test_sensitive,
-                spec.audit,
-                positive_label=prepared.classes[prepared.positive],
-            )
-        elif spec.audit.sensitive_features:
-            audit = run_regression_audit(
-                prepared.target.decode(prepared.y_test),
-                pred,
-                prepared.test_sensitive,
-                spec.audit,
-            )
-    except AuditInputError as exc:
-        # e.g. a sensitive column with one value in the test split: the job fails saying so.
-        raise DataError(f"the fairness audit cannot run on the test split: {exc}") from exc
+    audit = audit_predictions(prepared, spec, pred)
     if spec.audit.mitigation is not None and audit is not None:
         audit["mitigation"] = mitigated_candidate(prepared, model, spec, best, manifest)
         audit["mitigation"]["compared_with"] = {
@@ -343,7 +327,14 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
             "dataset_sha256": manifest.dataset_sha256,
             "parent_model_id": (manifest.parent or {}).get("model_id"),
         },
+        reference=prepared.reference,
     )
+    if spec.promotion.compression_requested:
+        sink.emit("job.running", "job.running.compress", stage="compress")
+        # Beside the test metrics, so GET /v1/jobs/{id}/evaluation shows the report.
+        evaluation["compression"] = compressed_candidate(
+            prepared, model, spec, best, manifest, (evaluation, pred, audit)
+        )
     return {
         "best_trial": {"trial_id": best.trial_id, "config": best.config, "metrics": best.metrics},
         "evaluation": evaluation,
@@ -418,6 +409,7 @@ def mitigated_candidate(
             "dataset_sha256": manifest.dataset_sha256,
             "candidate": "mitigated",
         },
+        reference=prepared.reference,
     )
     return {
         "method": m.method,
@@ -431,6 +423,140 @@ def mitigated_candidate(
         "bundle": {"uri": str(folder), "digest": digest},
         "serving_note": f"a prediction request for this candidate must carry '{feature}'",
     }
+
+
+def audit_predictions(prepared: Prepared, spec: JobSpec, pred: np.ndarray) -> dict[str, Any] | None:
+    """The fairness audit of test-split predictions (None for a regression without sensitive
+    features)."""
+    from jobs.audit import AuditInputError, run_audit, run_regression_audit
+
+    try:
+        if spec.resolved_task != "regression":
+            # Outcomes as favourable or not: the positive class (one-vs-rest when there are
+            # more), or "flagged as an anomaly".
+            return run_audit(
+                (prepared.y_test == prepared.positive).astype(np.int8),
+                (pred == prepared.positive).astype(np.int8),
+                prepared.test_sensitive,
+                spec.audit,
+                positive_label=prepared.classes[prepared.positive],
+            )
+        if spec.audit.sensitive_features:
+            return run_regression_audit(
+                prepared.target.decode(prepared.y_test),
+                pred,
+                prepared.test_sensitive,
+                spec.audit,
+            )
+    except AuditInputError as exc:
+        # e.g. a sensitive column with one value in the test split: the job fails saying so.
+        raise DataError(f"the fairness audit cannot run on the test split: {exc}") from exc
+    return None
+
+
+# Test rows per timed forward when comparing the latency of the original and compressed model.
+LATENCY_BATCH = 256
+
+
+def compressed_candidate(
+    prepared: Prepared,
+    model: torch.nn.Module,
+    spec: JobSpec,
+    best: Any,
+    manifest: Manifest,
+    original: tuple[dict[str, Any], np.ndarray, dict[str, Any] | None],
+) -> dict[str, Any]:
+    """The best model pruned and/or quantized (promotion.compress, promotion.prune): evaluated
+    and audited on the test split like the original (compression can move fairness), measured
+    beside it (size, CPU latency), and written as a bundle of its own whose loader quantizes
+    it again. ``original``: the best model's evaluation, test predictions and audit."""
+    from jobs.compress import Compression, compare_latency, compress, serialized_size, sparsity
+
+    p = spec.promotion
+    compression = Compression(p.compress, p.prune)
+    eff = effective_spec(spec, best.config)
+    try:
+        variant = compress(model, compression)
+    except ValueError as exc:
+        raise DataError(f"promotion.prune: {exc}") from exc
+    served = variant.model
+    evaluation, pred, decision = evaluate_best(prepared, served, eff)
+    audit = audit_predictions(prepared, spec, pred)
+    folder = manifest.job_dir / "model-compressed"
+    digest = save_bundle(
+        folder,
+        variant.state,
+        eff.model,
+        prepared.preprocessor,
+        OutputHead.of(prepared.target, decision.get("threshold")),
+        records(prepared.test_features, 5),
+        metadata={
+            "job_id": manifest.job_id,
+            "trial_id": best.trial_id,
+            "dataset_sha256": manifest.dataset_sha256,
+            "parent_model_id": (manifest.parent or {}).get("model_id"),
+            "candidate": "compressed",
+        },
+        compression=compression,
+        reference=prepared.reference,
+    )
+    check_served_like_evaluated(folder, digest, served, prepared.x_test[:LATENCY_BATCH])
+    original_eval, original_pred, original_audit = original
+    model.eval()
+    original_ms, served_ms = compare_latency(model, served, prepared.x_test[:LATENCY_BATCH])
+    size, original_size = serialized_size(served), serialized_size(model)
+    agreement = (
+        None
+        if spec.resolved_task == "regression"
+        else float(np.mean(pred == original_pred))
+        if len(pred)
+        else None
+    )
+    return {
+        "method": compression.method,
+        "quantize": compression.quantize,
+        "prune": compression.prune,
+        "sparsity": variant.sparsity,
+        "original_sparsity": sparsity(model),
+        "size_bytes": size["bytes"],
+        "original_size_bytes": original_size["bytes"],
+        "size_ratio": size["bytes"] / original_size["bytes"],
+        "deflated_size_bytes": size["deflated_bytes"],
+        "original_deflated_size_bytes": original_size["deflated_bytes"],
+        "latency_ms_p50": served_ms,
+        "original_latency_ms_p50": original_ms,
+        "latency_batch_rows": min(LATENCY_BATCH, len(prepared.x_test)),
+        "latency_device": "cpu",
+        "metrics": _figures(evaluation),
+        "original_metrics": _figures(original_eval),
+        "prediction_agreement": agreement,
+        "audit_passed": audit.get("passed") if audit is not None else None,
+        "original_audit_passed": original_audit.get("passed")
+        if original_audit is not None
+        else None,
+        "evaluation": evaluation,
+        "audit": audit,
+        "bundle": {"uri": str(folder), "digest": digest},
+    }
+
+
+def _figures(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The headline test figures of an evaluation (its top-level numbers)."""
+    return {
+        k: float(v)
+        for k, v in evaluation.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "num_rows"
+    }
+
+
+def check_served_like_evaluated(
+    folder: Path, digest: str, served: torch.nn.Module, x: np.ndarray
+) -> None:
+    """The bundle, loaded as a serving replica loads it, must compute what was evaluated:
+    otherwise the report would describe a model nobody serves."""
+    loaded = load_bundle(folder, digest).model
+    if not torch.equal(predict_logits(loaded, x), predict_logits(served, x)):
+        raise RuntimeError(f"the compressed bundle in {folder} does not load as evaluated")
 
 
 def parent_weights(parent: dict[str, Any], spec: JobSpec) -> StateDict:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -37,6 +37,9 @@ class StackConfig:
     serve_port: int = 8000
     num_cpus: int | None = None
     ray_address: str | None = None  # join this cluster instead of starting one
+    # Extra environment of the Ray head we start (and so of its Serve controller, proxies and
+    # replicas): Serve's feature flags such as RAY_SERVE_ENABLE_HA_PROXY are read from it.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -67,6 +70,20 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class PortBusy(RuntimeError):
+    """A port the stack would listen on is taken: by another stack, another Ray (whose
+    dashboard would then answer for ours and run our jobs), or anything else."""
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    busy = [f"{port} (--{name})" for name, port in ports.items() if _port_open(port)]
+    if busy:
+        raise PortBusy(
+            f"port(s) already in use: {', '.join(busy)}; stop what holds them (another "
+            "`crucible up` or Ray?) or pick other ports with those options"
+        )
 
 
 def _wait_closed(ports: list[int], timeout: float) -> None:
@@ -120,6 +137,10 @@ class LocalStack:
     def ray_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ray_token}"} if self.ray_token else {}
 
+    @property
+    def ray_env(self) -> dict[str, str]:
+        return {**self.env, **self.cfg.env}
+
     def start_ray(self) -> None:
         c = self.cfg
         cmd = [
@@ -142,7 +163,7 @@ class LocalStack:
             cmd.append(f"--num-cpus={c.num_cpus}")
         log_file = open(c.data_dir / "ray-head.log", "ab")  # noqa: SIM115 (lives with the child)
         self.ray = subprocess.Popen(
-            cmd, env=self.env, stdout=log_file, stderr=log_file, start_new_session=True
+            cmd, env=self.ray_env, stdout=log_file, stderr=log_file, start_new_session=True
         )
         (c.data_dir / "ray-head.pid").write_text(f"{self.ray.pid}\n")
         _wait_http(
@@ -170,6 +191,17 @@ class LocalStack:
         _wait_http(f"{c.api_url}/readyz", {}, 120, self.api, "the API")
 
     def start(self) -> None:
+        c = self.cfg
+        wanted = {"port": c.port}
+        if c.ray_address is None:
+            wanted |= {
+                "ray-port": c.ray_port,
+                "dashboard-port": c.dashboard_port,
+                "client-server-port": c.client_server_port,
+                "agent-port": c.agent_port,
+                "serve-port": c.serve_port,
+            }
+        check_ports_free(wanted)
         try:
             if self.cfg.ray_address is None:
                 self.start_ray()

@@ -8,16 +8,33 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 
 from services import __version__
 from services.api import errors
+from services.api.audit_log import AuditLogMiddleware
 from services.api.deps import Services
+from services.api.limits import BodyLimitMiddleware, RateLimiter
 from services.api.metrics import Metrics
-from services.api.routers import audits, datasets, health, internal, jobs, models, spec, ui
+from services.api.routers import (
+    audits,
+    datasets,
+    health,
+    identity,
+    internal,
+    jobs,
+    models,
+    monitoring,
+    scoring,
+    spec,
+    ui,
+)
 from services.config import Settings
 from services.core.auth import ensure_bootstrap_token
 from services.core.datasets import seed_builtins
+from services.core.monitoring import Monitor
 from services.core.promotion import auto_promote
+from services.core.tokens import ExpirySync
 from services.orchestrator.ray_gateway import RayGateway
 from services.orchestrator.reconciler import Reconciler
 from services.orchestrator.serve_deployer import ServeDeployer
@@ -53,6 +70,9 @@ def prepare_store(services: Services) -> str | None:
 def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
     settings = settings or Settings()
     services = build_services(settings)
+    monitor = Monitor(services.db)
+    # Serving replicas drop expired tokens when this pushes their config again.
+    token_sync = ExpirySync(services.db, services.deployer)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,9 +85,12 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
             )
         if reconcile:
             services.reconciler.start()
+            token_sync.start()
         try:
             yield
         finally:
+            token_sync.stop()
+            monitor.close()
             services.reconciler.stop()
             services.gateway.close()
             services.db.engine.dispose()
@@ -79,12 +102,15 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         description="Training cluster service: search, audit, promote, serve.",
     )
     app.state.services = services
+    app.state.monitor = monitor
+    app.state.token_sync = token_sync
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
 
     def counts() -> tuple[dict[str, int], dict[str, int]]:
         with services.db.session() as s:
             return JobRepository(s).count_by_status(), TrialRepository(s).count_by_status()
 
-    app.state.metrics = metrics = Metrics(counts)
+    app.state.metrics = metrics = Metrics(counts, monitor.samples)
 
     @app.middleware("http")
     async def observe(
@@ -98,6 +124,21 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
+    # The last middleware added is the outermost: the audit log wraps the body limit, so it
+    # records what the limit refuses too.
+    app.add_middleware(
+        BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
+    app.add_middleware(AuditLogMiddleware, db=services.db)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        )
+
     errors.install(app)
     for router in (
         health.router,
@@ -105,8 +146,11 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         jobs.router,
         audits.router,
         models.router,
+        scoring.router,
         spec.router,
         internal.router,
+        monitoring.router,
+        identity.router,
         ui.router,
     ):
         app.include_router(router)

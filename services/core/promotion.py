@@ -3,6 +3,8 @@ gates, and put it behind an endpoint without a moment where the endpoint cannot 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -16,19 +18,19 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs.spec import LOWER_IS_BETTER, PromotionSpec
+from jobs.spec import LOWER_IS_BETTER, PromotionSpec, ServingSpec
+from services.core import rollout
 from services.core.errors import Conflict, DomainError, Invalid, NotFound
 from services.core.ids import new_id
 from services.core.jobs import get_job
-from services.orchestrator.serve_deployer import EndpointTarget, ServeDeployer
+from services.orchestrator.serve_deployer import ServeDeployer
 from services.store.db import Database
-from services.store.models import Endpoint, Job, ModelVersion, Promotion, utcnow
+from services.store.models import Job, ModelVersion, Promotion
 from services.store.repositories import (
     DatasetRepository,
     EndpointRepository,
     JobRepository,
     ModelRepository,
-    TokenRepository,
 )
 
 log = logging.getLogger("crucible.promotion")
@@ -83,18 +85,35 @@ def code_version() -> dict[str, Any]:
     return {"package": package, "git_commit": commit}
 
 
-Candidate = Literal["best", "mitigated"]
+Candidate = Literal["best", "mitigated", "compressed"]
+
+
+def default_candidate(job: Job) -> Candidate:
+    """What a promotion that names no candidate serves: the compressed variant when the spec
+    asked for one (promotion.compress or .prune "produces the served variant"), else the
+    best model."""
+    return "compressed" if promotion_spec(job).compression_requested else "best"
 
 
 def candidate_outcome(job: Job, candidate: Candidate) -> dict[str, Any]:
     """What a job produced for ``candidate``: its bundle, test evaluation and audit. The
-    mitigated one exists when the spec asked for audit.mitigation (409 otherwise)."""
+    mitigated one exists when the spec asked for audit.mitigation, the compressed one when it
+    asked for promotion.compress or .prune (409 otherwise)."""
     if candidate == "best":
         return {
             "bundle": {"uri": job.bundle_uri, "digest": job.bundle_digest},
-            "evaluation": job.evaluation,
+            "evaluation": {k: v for k, v in (job.evaluation or {}).items() if k != "compression"},
             "audit": job.audit or {},
         }
+    if candidate == "compressed":
+        compressed = (job.evaluation or {}).get("compression")
+        if not compressed:
+            raise Conflict(
+                f"job {job.id} has no compressed candidate (the spec did not ask for "
+                "promotion.compress or promotion.prune)"
+            )
+        # A regression without sensitive features has no audit; gates read it as empty.
+        return {**compressed, "audit": compressed.get("audit") or {}}
     mitigation = (job.audit or {}).get("mitigation")
     if not mitigation:
         raise Conflict(
@@ -137,12 +156,23 @@ def _register_model(db: Database, job_id: str, candidate: Candidate) -> str:
                 dataset_sha256=dataset.sha256,
                 bundle_uri=outcome["bundle"]["uri"],
                 bundle_digest=outcome["bundle"]["digest"],
-                metrics={"test": outcome["evaluation"], "validation": job.best_metrics},
+                metrics=_metrics(outcome, job.best_metrics),
                 audit_passed=outcome["audit"].get("passed"),
                 code_version=code_version(),
             )
         )
         return model.id
+
+
+def _metrics(outcome: dict[str, Any], validation: dict[str, Any] | None) -> dict[str, Any]:
+    """A model version's figures: its test evaluation, the best trial's validation metrics, and
+    for a compressed variant its compression report (sizes, latency, metrics before/after)."""
+    out: dict[str, Any] = {"test": outcome["evaluation"], "validation": validation}
+    if "size_ratio" in outcome:
+        out["compression"] = {
+            k: v for k, v in outcome.items() if k not in ("evaluation", "audit", "bundle")
+        }
+    return out
 
 
 # --- gates ------------------------------------------------------------------------------------
@@ -242,92 +272,6 @@ def _regression_check(
     return {**check, "passed": passed, "msg": msg}
 
 
-# --- deployment -------------------------------------------------------------------------------
-
-
-def _target(m: ModelVersion, endpoint: str) -> EndpointTarget:
-    return EndpointTarget(endpoint, m.id, m.bundle_uri, m.bundle_digest)
-
-
-def _live(
-    db: Database, switch: tuple[str, str] | None = None
-) -> tuple[list[EndpointTarget], list[str]]:
-    """What every endpoint serves per the database, with ``switch`` (endpoint, model) applied."""
-    with db.session() as s:
-        models = ModelRepository(s)
-        wanted = {e.name: e.model_id for e in EndpointRepository(s).list()}
-        if switch is not None:
-            wanted[switch[0]] = switch[1]
-        targets = []
-        for name, model_id in sorted(wanted.items()):
-            m = models.get(model_id)
-            assert m is not None
-            targets.append(_target(m, name))
-        return targets, TokenRepository(s).active_hashes()
-
-
-def _record(db: Database, promotion: Promotion) -> None:
-    with db.session() as s:
-        EndpointRepository(s).add_promotion(promotion)
-
-
-def _deploy(
-    db: Database,
-    deployer: ServeDeployer,
-    endpoint: str,
-    model_id: str,
-    previous: str | None,
-    record: dict[str, Any],
-) -> None:
-    """Blue/green: start ``model_id`` beside the live version, wait until it predicts, then
-    move the route. Call with ``deployer.lock`` held. A version that fails to start is removed
-    and recorded as a failed promotion; the live version is never touched."""
-    with db.session() as s:
-        m = ModelRepository(s).get(model_id)
-        assert m is not None
-        candidate = _target(m, endpoint)
-    live, hashes = _live(db)
-    try:
-        deployer.apply(live, hashes, candidate)
-        deployer.wait_running(candidate)
-    except DomainError as exc:
-        try:
-            deployer.apply(*_live(db))
-        finally:
-            _record(
-                db,
-                Promotion(
-                    endpoint=endpoint,
-                    model_id=model_id,
-                    previous_model_id=previous,
-                    status="failed",
-                    detail=exc.detail,
-                    **record,
-                ),
-            )
-        raise
-    switched, hashes = _live(db, (endpoint, model_id))
-    deployer.apply(switched, hashes)
-    with db.session() as s:
-        repo = EndpointRepository(s)
-        row = repo.get(endpoint)
-        if row is None:
-            repo.add(Endpoint(name=endpoint, model_id=model_id, status="running"))
-        else:
-            row.model_id, row.status, row.updated_at = model_id, "running", utcnow()
-        repo.add_promotion(
-            Promotion(
-                endpoint=endpoint,
-                model_id=model_id,
-                previous_model_id=previous,
-                status="succeeded",
-                **record,
-            )
-        )
-    deployer.wait_settled(switched)
-    deployer.wait_routed(endpoint)
-
-
 def promote(
     db: Database,
     deployer: ServeDeployer,
@@ -336,14 +280,22 @@ def promote(
     actor: str,
     reason: str | None = None,
     kind: str = "promote",
-    candidate: Candidate = "best",
+    candidate: Candidate | None = None,
+    traffic: int = 100,
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Promote the job's model to ``endpoint`` if it passes the spec's gates. ``reason``: an
     override, written down; with it the gates are judged and stored but do not stop the
-    promotion."""
+    promotion. ``candidate``: None for the job's default (:func:`default_candidate`).
+    ``traffic`` below 100 starts (or moves) a canary: that percent of requests goes to this
+    model, the rest to the version serving now; promoting the canary's model with 100 ends it.
+    ``serving``: settings that override the spec's promotion.serving for the endpoint."""
     check_endpoint_name(endpoint)
     if reason is not None and not reason.strip():
         raise Invalid("an override needs a written reason", [{"loc": ["reason"], "msg": "empty"}])
+    if candidate is None:
+        with db.session() as s:
+            candidate = default_candidate(get_job(s, job_id))
     model_id = register_model(db, job_id, candidate)
     with deployer.lock:
         with db.session() as s:
@@ -353,52 +305,100 @@ def promote(
             assert model is not None
             current = EndpointRepository(s).get(endpoint)
             previous = current.model_id if current else None
-            serving = models.get(previous) if previous else None
+            canary = current.canary_model_id if current else None
+            serving_model = models.get(previous) if previous else None
             outcome = candidate_outcome(job, candidate)
-            checks = judge(promotion_spec(job), outcome["evaluation"], model.audit_passed, serving)
-            fairness = fairness_vs_serving(s, outcome["audit"], serving)
+            spec = promotion_spec(job)
+            checks = judge(spec, outcome["evaluation"], model.audit_passed, serving_model)
+            fairness = fairness_vs_serving(s, outcome["audit"], serving_model)
+            # A canary being moved or completed keeps the endpoint's settings; a new version
+            # brings its spec's.
+            base = rollout.serving_of(current) if canary == model_id else spec.serving
+        settings = serving_settings(base, serving)
+        _check_traffic(endpoint, model_id, previous, canary, traffic)
         failed = [c for c in checks if not c["passed"]]
-        record = {"actor": actor, "kind": kind, "reason": reason, "checks": checks}
+        history = {
+            "endpoint": endpoint,
+            "model_id": model_id,
+            "previous_model_id": previous,
+            "actor": actor,
+            "kind": kind,
+            "reason": reason,
+            "checks": checks,
+        }
         if failed and reason is None:
             detail = "; ".join(c["msg"] for c in failed)
-            _record(
-                db,
-                Promotion(
-                    endpoint=endpoint,
-                    model_id=model_id,
-                    previous_model_id=previous,
-                    status="rejected",
-                    detail=detail,
-                    **record,
-                ),
-            )
+            rollout.record(db, Promotion(status="rejected", detail=detail, **history))
             raise GateFailed(
                 f"model {model_id} failed {len(failed)} promotion gate(s): {detail}",
                 [{k: v for k, v in c.items() if k != "check"} for c in failed],
             )
-        if previous != model_id:
-            _deploy(db, deployer, endpoint, model_id, previous, record)
-        else:
+        state = rollout.current_state(db, endpoint)
+        if state is not None and state.canary is not None:
+            # The canary's own model: move its share, or give it all requests.
+            assert state.canary.model_id == model_id
+            if traffic == 100:
+                keep = dataclasses.replace(state.canary, serving=settings)
+                rollout.end_canary(db, deployer, keep, history, "canary completed: all requests")
+            else:
+                rollout.move_canary(db, deployer, state, traffic, history)
+        elif previous == model_id:
             # Already serving: keep it as it is, and say so in the history.
-            _record(
-                db,
-                Promotion(
-                    endpoint=endpoint,
-                    model_id=model_id,
-                    previous_model_id=previous,
-                    status="succeeded",
-                    detail="already serving",
-                    **record,
-                ),
+            rollout.record(db, Promotion(status="succeeded", detail="already serving", **history))
+        elif traffic == 100 or previous is None:
+            rollout.blue_green(db, deployer, endpoint, model_id, settings, history)
+        else:
+            rollout.start_canary(
+                db, deployer, endpoint, previous, model_id, traffic, settings, history
             )
     return {
         "endpoint": endpoint,
         "model_id": model_id,
+        "candidate": candidate,
         "url": deployer.url(endpoint),
         "checks": checks,
         "overridden": bool(failed),
         "fairness_vs_serving": fairness,
+        "traffic": traffic,
     }
+
+
+def serving_settings(base: ServingSpec, override: dict[str, Any] | None) -> ServingSpec:
+    """``base`` with a promotion request's overrides; a bad one is a 422 naming its field."""
+    if not override:
+        return base
+    try:
+        return ServingSpec.model_validate({**base.model_dump(), **override})
+    except ValidationError as exc:
+        raise Invalid(
+            "invalid serving settings",
+            [{"loc": ["serving", *e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+        ) from None
+
+
+def _check_traffic(
+    endpoint: str, model_id: str, previous: str | None, canary: str | None, traffic: int
+) -> None:
+    loc = ["traffic", "new"]
+    if not 1 <= traffic <= 100:
+        raise Invalid("traffic.new is a percent of requests", [{"loc": loc, "msg": "1 to 100"}])
+    if canary is not None and model_id != canary:
+        if model_id == previous:
+            raise Conflict(
+                f"{model_id} is the version a canary on '{endpoint}' runs beside; roll back to "
+                "end the canary"
+            )
+        raise Conflict(
+            f"endpoint '{endpoint}' runs a canary of {canary}: promote it with all traffic or "
+            "roll it back first"
+        )
+    if traffic < 100 and canary is None:
+        if previous is None:
+            msg = "a canary needs a version already serving the endpoint"
+            raise Invalid(msg, [{"loc": loc, "msg": msg}])
+        if previous == model_id:
+            msg = f"{model_id} already serves all of '{endpoint}'"
+            raise Invalid(msg, [{"loc": loc, "msg": msg}])
 
 
 def fairness_vs_serving(
@@ -446,13 +446,28 @@ def _check_key(c: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def rollback(db: Database, deployer: ServeDeployer, endpoint: str, actor: str) -> dict[str, Any]:
-    """Serve the version the current one replaced, the same blue/green way."""
+    """End a canary (all requests back to the version it ran beside), or else serve the
+    version the current one replaced, the same blue/green way."""
     with deployer.lock:
+        state = rollout.current_state(db, endpoint)
+        if state is None:
+            raise NotFound(f"no endpoint '{endpoint}'")
+        history: dict[str, Any] = {
+            "endpoint": endpoint,
+            "actor": actor,
+            "kind": "rollback",
+            "reason": None,
+            "checks": None,
+        }
+        if state.canary is not None:
+            stable = state.stable.model_id
+            history |= {"model_id": stable, "previous_model_id": state.canary.model_id}
+            rollout.end_canary(db, deployer, state.stable, history, "canary rolled back")
+            return {"endpoint": endpoint, "model_id": stable, "url": deployer.url(endpoint)}
         with db.session() as s:
             repo = EndpointRepository(s)
             current = repo.get(endpoint)
-            if current is None:
-                raise NotFound(f"no endpoint '{endpoint}'")
+            assert current is not None
             # The promotion that put the current version there names what it replaced.
             arrival = next(
                 (
@@ -467,9 +482,8 @@ def rollback(db: Database, deployer: ServeDeployer, endpoint: str, actor: str) -
             target = arrival.previous_model_id if arrival else None
             if target is None:
                 raise Conflict(f"endpoint '{endpoint}' has no previous version to roll back to")
-            served = current.model_id
-        record = {"actor": actor, "kind": "rollback", "reason": None, "checks": None}
-        _deploy(db, deployer, endpoint, target, served, record)
+        history |= {"model_id": target, "previous_model_id": state.stable.model_id}
+        rollout.blue_green(db, deployer, endpoint, target, state.stable.serving, history)
     return {"endpoint": endpoint, "model_id": target, "url": deployer.url(endpoint)}
 
 
@@ -482,7 +496,7 @@ def auto_promote(db: Database, deployer: ServeDeployer, job_id: str) -> dict[str
         spec = promotion_spec(job)
         if job.status != "succeeded" or not spec.auto or spec.auto_endpoint is None:
             return None
-        model = ModelRepository(s).for_job(job_id)
+        model = ModelRepository(s).for_job(job_id, default_candidate(job))
         if model is not None and any(
             p.kind == "auto" for p in EndpointRepository(s).promotions_of_model(model.id)
         ):
@@ -499,10 +513,15 @@ def auto_promote(db: Database, deployer: ServeDeployer, job_id: str) -> dict[str
 
 def model_view(m: ModelVersion, job: Job | None = None) -> dict[str, Any]:
     """``job``: the job that trained it, for its spec, the parent model it started from
-    (transfer learning) and its audit."""
+    (transfer learning) and its audit (the candidate's own: a mitigated or compressed variant
+    was audited again)."""
     spec = job.spec if job is not None else None
     model = (spec or {}).get("model") or {}
     audit = job.audit if job is not None else None
+    if job is not None and m.candidate != "best":
+        # Where the job's outcome no longer holds the candidate, the job's audit is shown.
+        with contextlib.suppress(Conflict):
+            audit = candidate_outcome(job, m.candidate)["audit"]  # type: ignore[arg-type]
     return {
         "id": m.id,
         "candidate": m.candidate,
@@ -516,6 +535,8 @@ def model_view(m: ModelVersion, job: Job | None = None) -> dict[str, Any]:
             "code_version": m.code_version,
         },
         "bundle_digest": m.bundle_digest,
+        # Where the bundle lies, for offline use (load_bundle checks it against the digest).
+        "bundle_uri": m.bundle_uri,
         "spec": spec,
         "metrics": m.metrics,
         "audit_passed": m.audit_passed,
@@ -551,10 +572,19 @@ def endpoint_view(db: Database, deployer: ServeDeployer, name: str) -> dict[str,
             }
             for p in repo.promotions(name)
         ]
+        canary = (
+            {"model_id": e.canary_model_id, "percent": e.canary_percent}
+            if e.canary_model_id
+            else None
+        )
         return {
             "name": e.name,
             "model_id": e.model_id,
             "status": e.status,
             "url": deployer.url(e.name),
+            # While a canary runs, model_id still takes the rest of the requests.
+            "canary": canary,
+            "serving": rollout.serving_of(e).model_dump(mode="json"),
+            "alert": e.alert,
             "history": history,
         }

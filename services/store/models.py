@@ -54,15 +54,75 @@ class Base(DeclarativeBase):
     pass
 
 
+class User(Base):
+    """A person or service account. Its role is what every one of its tokens may do."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # viewer | member | approver | admin (services.core.tokens.ROLES)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A disabled user's tokens all stop working at once; the row stays for the audit log.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Token(Base):
     __tablename__ = "tokens"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
+    # sha256 of the secret: the secret itself is shown once, at creation, and never stored.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(20))
+    # Before migration 0008 a token carried its own role; each now belongs to a user.
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Updated at most once a minute, so reads do not each become a write.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditLogEntry(Base):
+    """One state-changing API request, refused ones included. Append-only: the code has no
+    UPDATE or DELETE of it, and the database refuses both (triggers from migration 0008)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # Who, as far as the request proved it: NULL for a request without a valid token. No
+    # foreign key: the log outlives what it names.
+    actor_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    token_id: Mapped[str | None] = mapped_column(String(40))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    # The route's template (/v1/jobs/{job_id}/cancel); NULL when no route matched.
+    route: Mapped[str | None] = mapped_column(String(200))
+    resource_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[int] = mapped_column(Integer)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` a user sent with POST /v1/jobs, and the job it created."""
+
+    __tablename__ = "idempotency_keys"
+    # Unique per user: two racing requests with one key cannot both insert, so the loser's
+    # transaction (and the job it was creating) rolls back.
+    __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of the canonical JSON of the request body: the same key with another body is
+    # refused.
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Dataset(Base):

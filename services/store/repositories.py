@@ -6,19 +6,21 @@ Repositories only ``flush``; the caller's unit of work commits (``Database.sessi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.store.models import (
     Audit,
+    AuditLogEntry,
     Dataset,
     Endpoint,
     EndpointEvent,
+    IdempotencyKey,
     Job,
     JobEvent,
     ModelVersion,
@@ -27,25 +29,135 @@ from services.store.models import (
     Token,
     Trial,
     TrialEpoch,
+    User,
 )
 
 ACTIVE_STATUSES = ("queued", "running")
+
+
+class UserRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, user_id: str) -> User | None:
+        return self.s.get(User, user_id)
+
+    def by_name(self, name: str) -> User | None:
+        return self.s.scalars(select(User).where(User.name == name)).first()
+
+    def list(self) -> Sequence[User]:
+        return self.s.scalars(select(User).order_by(User.created_at, User.id)).all()
+
+    def count_enabled(self, role: str) -> int:
+        q = select(func.count()).select_from(User)
+        q = q.where(User.role == role, User.disabled_at.is_(None))
+        return self.s.scalar(q) or 0
+
+    def add(self, user: User) -> User:
+        self.s.add(user)
+        self.s.flush()
+        return user
 
 
 class TokenRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def get(self, token_id: str) -> Token | None:
+        return self.s.get(Token, token_id)
+
     def by_hash(self, token_hash: str) -> Token | None:
         return self.s.scalars(select(Token).where(Token.token_hash == token_hash)).first()
+
+    def with_user(self, token_hash: str) -> tuple[Token, User] | None:
+        q = select(Token, User).join(User, Token.user_id == User.id)
+        row = self.s.execute(q.where(Token.token_hash == token_hash)).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def list_for(self, user_id: str | None) -> Sequence[Token]:
+        q = select(Token).order_by(Token.created_at, Token.id)
+        if user_id is not None:
+            q = q.where(Token.user_id == user_id)
+        return self.s.scalars(q).all()
 
     def add(self, token: Token) -> Token:
         self.s.add(token)
         self.s.flush()
         return token
 
-    def active_hashes(self) -> list[str]:
-        return list(self.s.scalars(select(Token.token_hash).where(Token.revoked_at.is_(None))))
+    def touch(self, token_id: str, at: datetime, older_than: datetime) -> None:
+        """Record a use, unless one was recorded after ``older_than`` (a write at most once
+        a period per token, whatever the request rate)."""
+        self.s.execute(
+            update(Token)
+            .where(
+                Token.id == token_id,
+                or_(Token.last_used_at.is_(None), Token.last_used_at < older_than),
+            )
+            .values(last_used_at=at)
+        )
+
+    def active_hashes(self, now: datetime | None = None) -> list[str]:
+        """Hashes of the tokens that may call serving endpoints now: not revoked, not
+        expired, and their user not disabled."""
+        now = now or datetime.now(UTC)
+        q = (
+            select(Token.token_hash)
+            .join(User, Token.user_id == User.id)
+            .where(
+                Token.revoked_at.is_(None),
+                or_(Token.expires_at.is_(None), Token.expires_at > now),
+                User.disabled_at.is_(None),
+            )
+        )
+        return list(self.s.scalars(q))
+
+    def next_expiry(self, after: datetime) -> datetime | None:
+        """The soonest expiry after ``after`` of a token that is otherwise active."""
+        q = select(func.min(Token.expires_at)).where(
+            Token.revoked_at.is_(None), Token.expires_at > after
+        )
+        return self.s.scalar(q)
+
+
+class AuditLogRepository:
+    """Append and read; there is deliberately no update or delete."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def append(self, entry: AuditLogEntry) -> None:
+        self.s.add(entry)
+        self.s.flush()
+
+    def list(
+        self, actor: str | None, since: datetime | None, before_id: int | None, limit: int
+    ) -> Sequence[AuditLogEntry]:
+        q = select(AuditLogEntry).order_by(AuditLogEntry.id.desc()).limit(limit)
+        if actor is not None:
+            q = q.where(or_(AuditLogEntry.actor_id == actor, AuditLogEntry.actor_name == actor))
+        if since is not None:
+            q = q.where(AuditLogEntry.ts >= since)
+        if before_id is not None:
+            q = q.where(AuditLogEntry.id < before_id)
+        return self.s.scalars(q).all()
+
+
+class IdempotencyRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, user_id: str, key: str) -> IdempotencyKey | None:
+        q = select(IdempotencyKey).where(
+            IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
+        )
+        return self.s.scalars(q).first()
+
+    def add(self, row: IdempotencyKey) -> None:
+        """Flushes at once: a second request with the same key fails here (IntegrityError),
+        after waiting for the first one's transaction, and rolls back its own job."""
+        self.s.add(row)
+        self.s.flush()
 
 
 class DatasetRepository:

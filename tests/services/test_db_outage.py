@@ -89,11 +89,8 @@ def postgres() -> Iterator[PrivatePostgres]:
     try:
         yield pg
     finally:
-        subprocess.run(
-            ["runuser", "-u", user, "--"] * bool(user)
-            + [str(pg.bin / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
+        stop = [str(pg.bin / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"]
+        subprocess.run(["runuser", "-u", user, "--", *stop] if user else stop, capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ from services.core.auth import job_token
 from services.core.datasets import builtin_id
 from services.core.errors import UpstreamFailed
 from services.core.promotion import auto_promote, judge
-from services.orchestrator.serve_deployer import EndpointTarget, ServeDeployer
+from services.orchestrator.serve_deployer import EndpointState, EndpointTarget, ServeDeployer
 from services.store.models import ModelVersion
 
 ADULT = builtin_id("adult")
@@ -41,22 +41,30 @@ class FakeDeployer(ServeDeployer):
 
     def apply(
         self,
-        live: list[EndpointTarget],
+        live: list[EndpointState],
         token_hashes: list[str],
         candidate: EndpointTarget | None = None,
+        staged_split: EndpointState | None = None,
     ) -> None:
-        self.configs.append(self.config(live, token_hashes, candidate))
+        self.configs.append(self.config(live, token_hashes, candidate, staged_split))
 
-    def wait_running(self, target: EndpointTarget) -> None:
+    def wait_running(self, target: EndpointTarget | str) -> None:
         if self.broken:
-            raise UpstreamFailed(f"model {target.model_id} failed to start: boom")
+            raise UpstreamFailed(f"{target} failed to start: boom")
 
-    def wait_settled(self, live: list[EndpointTarget], timeout_s: float = 60.0) -> None:
+    def wait_settled(self, live: list[EndpointState], timeout_s: float = 60.0) -> None:
+        pass
+
+    def wait_routed(self, name: str, timeout_s: float = 30.0) -> None:
         pass
 
     def routes(self) -> dict[str, str]:
         """Route prefix → application, as Serve would hold it after the last config."""
-        return {a["route_prefix"]: a["name"] for a in self.configs[-1]["applications"]}
+        apps = self.configs[-1]["applications"]
+        return {a["route_prefix"]: a["name"] for a in apps if a["route_prefix"] is not None}
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        return {a["name"]: a for a in self.configs[-1]["applications"]}
 
 
 class Api:
@@ -344,3 +352,92 @@ def test_promotion_shows_fairness_beside_the_serving_model(api: Api) -> None:
     [row] = out["fairness_vs_serving"]
     assert (row["serving"], row["new"], row["change"]) == (0.6, 0.9, "better")
     assert (row["serving_passed"], row["new_passed"]) == (False, True)
+
+
+def test_a_canary_splits_then_completes_or_rolls_back(api: Api) -> None:
+    first = api.post(f"/v1/jobs/{api.succeeded_job()}/promote", json={"endpoint": "e"}).json()
+    stable = first["model_id"]
+    job = api.succeeded_job()
+    r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 10}})
+    assert r.status_code == 200, r.text
+    canary = r.json()["model_id"]
+    # The new version and the split started on staging routes before the route moved.
+    staged_split = api.deployer.configs[-2]
+    assert {a["route_prefix"] for a in staged_split["applications"]} == {
+        "/e",
+        "/_candidate/e",
+        "/_split/e",
+    }
+    assert api.deployer.routes() == {"/e": "e--split"}
+    apps = api.deployer.apps()
+    split = apps["e--split"]["deployments"][0]["user_config"]["weights"]
+    assert split == [[f"e--{stable}", 90], [f"e--{canary}", 10]]
+    assert {f"e--{stable}", f"e--{canary}"} <= set(apps)
+    ep = api.get("/v1/endpoints/e").json()
+    assert ep["model_id"] == stable and ep["canary"] == {"model_id": canary, "percent": 10}
+    assert ep["history"][0]["detail"] == "canary: 10% of requests"
+
+    # A third model waits for the canary to end; the stable one cannot be a canary of itself.
+    other = api.succeeded_job()
+    assert api.post(f"/v1/jobs/{other}/promote", json={"endpoint": "e"}).status_code == 409
+
+    # Move the share, then give the canary everything: the split goes, the route is direct.
+    r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 50}})
+    assert r.status_code == 200, r.text
+    weights = api.deployer.apps()["e--split"]["deployments"][0]["user_config"]["weights"]
+    assert weights == [[f"e--{stable}", 50], [f"e--{canary}", 50]]
+    assert api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e"}).status_code == 200
+    assert api.deployer.routes() == {"/e": f"e--{canary}"}
+    assert set(api.deployer.apps()) == {f"e--{canary}"}
+    ep = api.get("/v1/endpoints/e").json()
+    assert ep["model_id"] == canary and ep["canary"] is None
+
+    # A new canary rolled back: all requests return to the version it ran beside.
+    r = api.post(f"/v1/jobs/{other}/promote", json={"endpoint": "e", "traffic": {"new": 20}})
+    assert r.status_code == 200, r.text
+    r = api.post("/v1/endpoints/e/rollback")
+    assert r.status_code == 200 and r.json()["model_id"] == canary
+    assert api.deployer.routes() == {"/e": f"e--{canary}"}
+    top = api.get("/v1/endpoints/e").json()["history"][0]
+    assert top["kind"] == "rollback" and top["detail"] == "canary rolled back"
+
+
+def test_canary_requests_that_cannot_be_met_change_nothing(api: Api) -> None:
+    job = api.succeeded_job()
+    # Nothing serves yet: there is nothing to split with.
+    r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 10}})
+    assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["traffic", "new"]
+    r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 0}})
+    assert r.status_code == 422
+    assert api.deployer.configs == []
+    assert api.get("/v1/endpoints/e").status_code == 404
+
+
+def test_serving_settings_reach_the_deployment_and_bad_ones_are_422(api: Api) -> None:
+    job = api.succeeded_job({"serving": {"max_replicas": 3, "max_queued_requests": 7}})
+    r = api.post(
+        f"/v1/jobs/{job}/promote",
+        json={"endpoint": "e", "serving": {"max_batch_size": 16, "min_replicas": 5}},
+    )
+    assert r.status_code == 422
+    assert r.json()["fields"][0]["loc"] == ["serving"]  # max_replicas 3 is below min_replicas 5
+    r = api.post(
+        f"/v1/jobs/{job}/promote", json={"endpoint": "e", "serving": {"max_batch_size": 0}}
+    )
+    assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["serving", "max_batch_size"]
+    assert api.deployer.configs == []
+    r = api.post(
+        f"/v1/jobs/{job}/promote", json={"endpoint": "e", "serving": {"max_batch_size": 16}}
+    )
+    assert r.status_code == 200, r.text
+    d = api.deployer.apps()[f"e--{r.json()['model_id']}"]["deployments"][0]
+    assert d["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 2.0,
+    }
+    assert d["max_queued_requests"] == 7
+    assert d["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
+    assert d["user_config"]["max_batch_size"] == 16
+    assert d["user_config"]["monitor"]["token"]  # the replica's token for its prediction logs
+    assert api.get("/v1/endpoints/e").json()["serving"]["max_batch_size"] == 16

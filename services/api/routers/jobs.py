@@ -10,10 +10,10 @@ from fastapi import APIRouter, Body, Header, Query, status
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from services.api.deps import CurrentUser, ServicesDep
+from services.api.deps import Approver, CurrentUser, ServicesDep
 from services.api.reports import ReportFormat, respond
+from services.core import idempotency, report
 from services.core import jobs as job_service
-from services.core import report
 from services.core.errors import DomainError, Invalid
 from services.core.promotion import promote
 from services.core.states import TERMINAL
@@ -28,13 +28,32 @@ HEARTBEAT_S = 15.0
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"description": "Replayed: this Idempotency-Key created the job before."}},
+)
 def submit_job(
     services: ServicesDep,
     user: CurrentUser,
+    response: Response,
     spec: Annotated[dict[str, Any], Body(description="A JobSpec; see GET /v1/spec/schema")],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="Retry-safe submission: the same key (per user) and body give back the "
+            "same job (200); the same key with another body is a 422.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Validate a job spec and queue the job; it is launched on Ray right after."""
+    key, digest = None, ""
+    if idempotency_key is not None:
+        key, digest = idempotency.check_key(idempotency_key), idempotency.body_digest(spec)
+        earlier = idempotency.earlier_job(services.db, user.user_id, key, digest)
+        if earlier is not None:
+            return _replayed(services, response, earlier)
     with services.db.session() as s:
         valid = job_service.validate_spec(s, spec)
     if not services.settings.ray_autoscaling:
@@ -43,12 +62,30 @@ def submit_job(
         except DomainError:
             nodes = []  # Ray unreachable: accept and queue; the reconciler launches it later
         job_service.check_fits(valid, nodes)
-    with services.db.session() as s:
-        job = job_service.create_job(s, valid, created_by=user.token_id)
-        job_id = job.id
+    if key is not None:
+        job_id, new = idempotency.create_once(
+            services.db,
+            user.user_id,
+            key,
+            digest,
+            lambda s: job_service.create_job(s, valid, created_by=user.token_id),
+        )
+        if not new:
+            return _replayed(services, response, job_id)
+    else:
+        with services.db.session() as s:
+            job = job_service.create_job(s, valid, created_by=user.token_id)
+            job_id = job.id
     # After the commit: the reconciler launches it (and would, after a crash, on restart).
     services.reconciler.wake()
     return {"id": job_id, "status": "queued"}
+
+
+def _replayed(services: ServicesDep, response: Response, job_id: str) -> dict[str, Any]:
+    response.status_code = status.HTTP_200_OK
+    response.headers["Idempotent-Replayed"] = "true"
+    with services.db.session() as s:
+        return {"id": job_id, "status": job_service.get_job(s, job_id).status}
 
 
 @router.get("")
@@ -125,7 +162,9 @@ def job_logs(
 
 @router.get("/{job_id}/evaluation")
 def job_evaluation(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
-    """Test-split metrics and confusion matrix of the job's best model."""
+    """Test-split metrics and confusion matrix of the job's best model; with
+    promotion.compress or .prune, ``compression`` compares the compressed variant with it
+    (size, latency, metrics, audit) and holds the variant's own evaluation and audit."""
     with services.db.session() as s:
         return job_service.require_result(job_service.get_job(s, job_id), "evaluation")
 
@@ -210,6 +249,17 @@ def _parse_event_id(value: str | None) -> int:
         ) from None
 
 
+class TrafficShare(BaseModel):
+    new: int = Field(
+        100,
+        ge=1,
+        le=100,
+        description="Percent of the endpoint's requests the promoted model gets; below 100 a "
+        "canary beside the version serving now (promote again with 100, or roll back, to end "
+        "it).",
+    )
+
+
 class PromoteRequest(BaseModel):
     endpoint: str = Field(description="Endpoint name: lower-case letters, digits, '-'.")
     override: bool = Field(
@@ -220,17 +270,28 @@ class PromoteRequest(BaseModel):
     reason: str | None = Field(
         None, max_length=2000, description="Why the gates are overridden (with override)."
     )
-    candidate: Literal["best", "mitigated"] = Field(
-        "best",
+    candidate: Literal["best", "mitigated", "compressed"] | None = Field(
+        None,
         description="best: the search's best model; mitigated: its fairness-mitigated variant "
         "(audit.mitigation), whose prediction requests must carry the mitigation's sensitive "
-        "feature.",
+        "feature; compressed: its pruned and/or int8 variant (promotion.compress, "
+        "promotion.prune). Default: compressed when the spec asked for compression, else best.",
+    )
+    traffic: TrafficShare = Field(
+        default_factory=lambda: TrafficShare(),
+        description="{new: percent}: below 100 a canary splits requests with the version "
+        "serving now.",
+    )
+    serving: dict[str, Any] | None = Field(
+        None,
+        description="Overrides of the spec's promotion.serving for this endpoint (replicas, "
+        "queue limit, batching, monitoring).",
     )
 
 
 @router.post("/{job_id}/promote")
 def promote_job(
-    job_id: str, body: PromoteRequest, services: ServicesDep, user: CurrentUser
+    job_id: str, body: PromoteRequest, services: ServicesDep, user: Approver
 ) -> dict[str, Any]:
     """Register the job's best model, check the spec's promotion gates (409 listing each failed
     check with its numbers, unless overridden with a reason), and serve it at the endpoint: the
@@ -250,4 +311,6 @@ def promote_job(
         actor=user.name,
         reason=reason if body.override else None,
         candidate=body.candidate,
+        traffic=body.traffic.new,
+        serving=body.serving,
     )
