@@ -94,9 +94,7 @@ class ServeDeployer:
         self.gateway = gateway
         self.lock = threading.Lock()
 
-    def _app(
-        self, t: EndpointTarget, route: str | None, token_hashes: list[str]
-    ) -> dict[str, Any]:
+    def _app(self, t: EndpointTarget, route: str | None, token_hashes: list[str]) -> dict[str, Any]:
         sv = t.serving
         deployment: dict[str, Any] = {
             "name": "ModelServer",
