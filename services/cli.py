@@ -666,15 +666,22 @@ def rollback(
 
 @app.command()
 def predict(
-    endpoint_url: str,
+    endpoint: Annotated[str, typer.Argument(help="An endpoint's name, or its full URL")],
     instances: Annotated[str, typer.Argument(help="JSON list of objects, or @file.json")],
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
 ) -> None:
-    """Ask an endpoint for predictions."""
-    raw = Path(instances[1:]).read_text() if instances.startswith("@") else instances
+    """Ask an endpoint for predictions (the answer is printed as JSON)."""
     try:
-        _out(_client(url, token).predict(endpoint_url, json.loads(raw)), True)
+        raw = Path(instances[1:]).read_text() if instances.startswith("@") else instances
+        rows = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]Cannot read the instances:[/] {exc}")
+        raise typer.Exit(2) from None
+    client = _client(url, token)
+    try:
+        target = endpoint if "://" in endpoint else client.endpoint(endpoint)["url"]
+        _out(client.predict(target, rows), True)
     except CrucibleError as exc:
         _fail(exc)
 

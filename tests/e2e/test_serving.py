@@ -173,6 +173,14 @@ def test_bad_instances_are_422_naming_the_instance_and_column(
     r = httpx.post(out["url"], content=b"{not json", headers=headers, timeout=30)
     assert r.status_code == 400
 
+    # The same through the CLI, by the endpoint's name.
+    ok = run_cli(stack, "predict", "checked", json.dumps(rows[:2]))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    answer = json.loads(ok.stdout)
+    assert len(answer["predictions"]) == 2 and answer["model_id"] == out["model_id"]
+    bad = run_cli(stack, "predict", "checked", json.dumps(missing), COLUMNS="300")
+    assert bad.returncode == 2 and "instances[1] is missing column 'age'" in bad.stdout
+
 
 def test_cli_audit_show_prints_each_check_and_opens_the_report(
     stack: Stack, two_jobs: list[str], tmp_path: Path
