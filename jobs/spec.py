@@ -852,7 +852,8 @@ class ServingSpec(_Strict):
         1,
         ge=1,
         le=1024,
-        description="Requests gathered into one forward pass (dynamic batching; 1: off).",
+        description="Requests gathered into one forward pass (dynamic batching; 1: off). A "
+        "replica then takes at least this many requests at once (max_ongoing_requests).",
     )
     batch_wait_timeout_ms: float = Field(
         2.0,

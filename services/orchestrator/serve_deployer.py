@@ -99,7 +99,9 @@ class ServeDeployer:
         deployment: dict[str, Any] = {
             "name": "ModelServer",
             "ray_actor_options": {"num_cpus": self.settings.serve_replica_cpus},
-            "max_ongoing_requests": sv.max_ongoing_requests,
+            # A batch gathers requests a replica holds at once: fewer than max_batch_size in
+            # flight and a full batch could never form.
+            "max_ongoing_requests": max(sv.max_ongoing_requests, sv.max_batch_size),
             # Beyond this many waiting requests Serve answers 503 at once: overload never
             # turns into requests hanging until their clients give up.
             "max_queued_requests": sv.max_queued_requests,

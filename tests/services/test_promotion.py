@@ -427,7 +427,7 @@ def test_serving_settings_reach_the_deployment_and_bad_ones_are_422(api: Api) ->
     assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["serving", "max_batch_size"]
     assert api.deployer.configs == []
     r = api.post(
-        f"/v1/jobs/{job}/promote", json={"endpoint": "e", "serving": {"max_batch_size": 16}}
+        f"/v1/jobs/{job}/promote", json={"endpoint": "e", "serving": {"max_batch_size": 32}}
     )
     assert r.status_code == 200, r.text
     d = api.deployer.apps()[f"e--{r.json()['model_id']}"]["deployments"][0]
@@ -438,6 +438,8 @@ def test_serving_settings_reach_the_deployment_and_bad_ones_are_422(api: Api) ->
     }
     assert d["max_queued_requests"] == 7
     assert d["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
-    assert d["user_config"]["max_batch_size"] == 16
+    assert d["user_config"]["max_batch_size"] == 32
+    # The default of 16 requests in flight would never let a batch of 32 form.
+    assert d["max_ongoing_requests"] == 32
     assert d["user_config"]["monitor"]["token"]  # the replica's token for its prediction logs
-    assert api.get("/v1/endpoints/e").json()["serving"]["max_batch_size"] == 16
+    assert api.get("/v1/endpoints/e").json()["serving"]["max_batch_size"] == 32
