@@ -654,13 +654,15 @@ def _key_values(items: list[str], option: str) -> dict[str, Any]:
 
 
 @app.command()
+@endpoints_app.command("rollback")
 def rollback(
     endpoint: str,
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Serve the version an endpoint served before its current one."""
+    """Serve the version an endpoint served before its current one (during a canary: all
+    requests back to the version it runs beside). Also `crucible endpoints rollback`."""
     _run(lambda: _client(url, token).rollback(endpoint), as_json)
 
 

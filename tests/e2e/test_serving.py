@@ -96,6 +96,10 @@ def test_a_canary_gets_its_share_of_requests(
             for _ in range(20)
         }
     assert ids == {canary["model_id"]}
+    # And back, as on-call would: the version the canary replaced serves again.
+    back = run_cli(stack, "endpoints", "rollback", "canary", "--json", timeout=300)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert json.loads(back.stdout)["model_id"] == stable["model_id"]
 
 
 def test_overload_is_a_quick_503_with_retry_after(
