@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from services import cli
 from services.api.app import create_app
+from services.cli import identity
 from services.client import Crucible, CrucibleError
 from services.config import Settings
 
@@ -61,7 +62,8 @@ def sdk(app: FastAPI, token: str) -> Crucible:
 def test_users_and_tokens_through_the_cli_and_sdk(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_client", lambda url, token: sdk(app, token or ADMIN))
+    # The identity commands call the _client their own module imported.
+    monkeypatch.setattr(identity, "_client", lambda url, token: sdk(app, token or ADMIN))
 
     r = run(cli.app, ["users", "create", "alice", "--role", "member", "--json"])
     assert r.exit_code == 0, r.output

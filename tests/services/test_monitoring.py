@@ -447,6 +447,7 @@ def test_sdk_and_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyP
     from typer.testing import CliRunner
 
     from services import cli
+    from services.cli import serving
     from services.client import Crucible
 
     instances = population(120, seed=12)
@@ -455,7 +456,8 @@ def test_sdk_and_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyP
     sdk = Crucible("http://testserver", "test-admin-token")
     sdk.http = served.api.c
     sdk.http.headers["Authorization"] = "Bearer test-admin-token"
-    monkeypatch.setattr(cli, "_client", lambda url, token: sdk)
+    # feedback and endpoints monitoring/events call the _client the serving module imported.
+    monkeypatch.setattr(serving, "_client", lambda url, token: sdk)
 
     # JSON Lines for the first 60, sent 40 a call by the SDK; CSV for the rest.
     lines = [

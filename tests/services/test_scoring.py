@@ -266,13 +266,15 @@ def test_sdk_and_cli(
     from typer.testing import CliRunner
 
     from services import cli
+    from services.cli import scoring
     from services.client import Crucible
 
     client, dataset_id, model_id = setup
     sdk = Crucible("http://testserver", "unused")
     sdk.http = client.c
     sdk.http.headers["Authorization"] = client.h["Authorization"]
-    monkeypatch.setattr(cli, "_client", lambda url, token: sdk)
+    # The scoring commands call the _client their own module imported.
+    monkeypatch.setattr(scoring, "_client", lambda url, token: sdk)
     run = CliRunner().invoke
 
     r = run(cli.app, ["score", "churn", dataset_id, "-p", "id", "--batch-size", "8", "--json"])
