@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def make(tmp_path: Path) -> tuple[Path, str, Preprocessor, object]:
 def test_round_trip_predicts_like_the_original(tmp_path: Path) -> None:
     folder, digest, pre, model = make(tmp_path)
     predictor = load_bundle(folder, digest)
-    instances = [{"x": 2.5, "c": "b"}, {"x": None, "c": "unseen"}]
+    instances: list[dict[str, Any]] = [{"x": 2.5, "c": "b"}, {"x": None, "c": "unseen"}]
     out = predictor.predict(instances)
     import torch
 

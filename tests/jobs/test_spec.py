@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from jobs.spec import (
     JobSpec,
+    MLPSpec,
     SplitSpec,
     apply_overrides,
     check_against_columns,
@@ -126,7 +127,7 @@ def test_overrides_make_the_trial_spec() -> None:
     s = spec()
     trial = effective_spec(s, {"training.learning_rate": 0.05, "model.hidden_sizes": [8]})
     assert trial.training.learning_rate == 0.05
-    assert trial.model.hidden_sizes == [8]
+    assert isinstance(trial.model, MLPSpec) and trial.model.hidden_sizes == [8]
     assert s.training.learning_rate == 1e-3  # the job's spec is untouched
     nested = apply_overrides({}, {"training.early_stopping.patience": 2})
     assert nested == {"training": {"early_stopping": {"patience": 2}}}
@@ -242,6 +243,7 @@ def test_architectures_are_checked_against_the_input_columns(
     if loc is None:
         assert errors == []
     else:
+        assert match is not None
         assert [e.loc for e in errors] == [loc] and match in errors[0].msg
 
 

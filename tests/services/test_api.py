@@ -54,7 +54,7 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
     settings = Settings(
         data_dir=tmp_path,
         database_url=database_url,
-        bootstrap_token=TOKEN,  # type: ignore[arg-type]
+        bootstrap_token=TOKEN,
         ray_dashboard_url="http://127.0.0.1:9",
     )  # nothing listens there
     app = create_app(settings, reconcile=False)

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, insert, inspect
 
 from services.core.datasets import builtin_id, seed_builtins
 from services.store.db import MIGRATIONS, Database, migrate
@@ -74,7 +74,7 @@ def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0002")
             conn.execute(
-                Dataset.__table__.insert().values(
+                insert(Dataset).values(
                     id=adult, name="adult", uri="builtin://adult", format="parquet",
                     sha256="0" * 64, num_rows=1, size_bytes=1, columns=[], builtin=True,
                 )
@@ -96,7 +96,7 @@ def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url:
         names = {c["name"] for c in inspect(db.engine).get_columns("datasets")}
         assert not {"source_uri", "quality"} & names
         with db.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT count(*) FROM datasets").scalar() >= 1
+            assert (conn.exec_driver_sql("SELECT count(*) FROM datasets").scalar() or 0) >= 1
         migrate(db.engine)
     finally:
         db.engine.dispose()
