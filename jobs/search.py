@@ -245,6 +245,21 @@ def waiting_reason(needs: dict[str, float]) -> str:
     )
 
 
+def resources_pending() -> bool:
+    """Whether a placement group of this job waits for resources. A PENDING trial whose group
+    is placed is starting (its actor importing torch), not waiting: saying "waiting for
+    resources" then would send people looking for a shortage that is not there."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    # A placement group's id ends with the id of the job that created it.
+    job = ray.get_runtime_context().get_job_id()
+    return any(
+        pg_id.endswith(job) and pg.get("state") == "PENDING"
+        for pg_id, pg in placement_group_table().items()
+    )
+
+
 class ProgressCallback(tune.Callback):
     """Forwards Tune's trial lifecycle to the control plane as progress events."""
 
@@ -282,7 +297,11 @@ class ProgressCallback(tune.Callback):
             return
         if self._idle_since is None:
             self._idle_since = now
-        elif self._waiting_since is None and now - self._idle_since >= WAIT_NOTICE_S:
+        elif (
+            self._waiting_since is None
+            and now - self._idle_since >= WAIT_NOTICE_S
+            and resources_pending()
+        ):
             self._waiting_since = since = self._idle_since
             # The key is the spell's start: a resent event is stored once, a later spell anew.
             self.sink.emit(

@@ -383,3 +383,16 @@ def test_a_search_that_cannot_get_resources_says_it_is_waiting(
     # The waiting was said before the trial started, the going on after.
     order = [e["type"] for e in collector.events]
     assert order.index("job.waiting") < order.index("trial.started") <= order.index("job.resumed")
+
+
+def test_trials_that_are_only_starting_are_not_waiting_for_resources(
+    ray_cluster: None, collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial is PENDING while its actor starts (imports torch) on resources already placed:
+    that is no shortage, so even with no grace period the job does not say it waits."""
+    import jobs.search
+
+    monkeypatch.setattr(jobs.search, "WAIT_NOTICE_S", 0.0)
+    search(collector, tmp_path, "starting", space={}, training={"epochs": 1, "batch_size": 64})
+    assert collector.of("trial.started")
+    assert not collector.of("job.waiting")
