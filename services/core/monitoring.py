@@ -41,8 +41,16 @@ from services.store.repositories import (
 log = logging.getLogger("crucible.monitoring")
 
 MAX_ITEMS = 10_000
-# PSI over fewer rows is noise: a model version needs this many in the window to be judged.
-MIN_DRIFT_ROWS = 100
+# PSI over few rows is noise, and biased upwards (about (bins - 1) / rows: a feature with 40
+# categories reads ~0.3 over 150 unshifted rows): a model version is judged on this many rows,
+# or on a full window when the window is smaller.
+MIN_DRIFT_ROWS = 300
+
+
+def min_drift_rows(spec: ServingSpec) -> int:
+    return min(MIN_DRIFT_ROWS, spec.monitoring_window)
+
+
 DRIFT_ALERT = "drift"
 RAISED, CLEARED = "drift_alert_raised", "drift_alert_cleared"
 # Latest unix time a record may carry (year 3000): a typo in ms, not s, is refused.
@@ -290,7 +298,7 @@ class Monitor:
             "window": spec.monitoring_window,
             "logged": len(rows),
             "drift_threshold": spec.drift_threshold,
-            "min_drift_rows": MIN_DRIFT_ROWS,
+            "min_drift_rows": min_drift_rows(spec),
             "alert": alert,
             "models": models,
             "computed_at": utcnow().isoformat(),
@@ -572,11 +580,12 @@ def _error_rates(labelled: list[_Row], positive: Any) -> tuple[float | None, flo
 def _drift(info: ModelInfo, rows: list[_Row], spec: ServingSpec) -> dict[str, Any]:
     """PSI per profiled feature that the logged instances carry (a sensitive feature clients
     never send is left out, not counted as all missing)."""
-    base = {"threshold": spec.drift_threshold, "rows": len(rows), "min_rows": MIN_DRIFT_ROWS}
+    least = min_drift_rows(spec)
+    base = {"threshold": spec.drift_threshold, "rows": len(rows), "min_rows": least}
     if info.reference is None:
         return {**base, "status": "unknown", "features": {}}
     features: dict[str, Any] = {}
-    enough = len(rows) >= MIN_DRIFT_ROWS
+    enough = len(rows) >= least
     for name, profile in (info.reference.get("features") or {}).items():
         if not rows or not any(name in r.features for r in rows):
             continue
