@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from services.store.models import (
@@ -266,17 +267,27 @@ class EventRepository:
         self.s = session
 
     def add_if_new(self, event: JobEvent) -> bool:
-        """Store an event unless its key was seen for this job; True when it is new."""
-        q = select(JobEvent.id).where(JobEvent.job_id == event.job_id, JobEvent.key == event.key)
-        if self.s.scalars(q).first() is not None:
-            return False
-        try:
-            with self.s.begin_nested():
-                self.s.add(event)
-        except IntegrityError:
-            # The same event arrived on another connection between our check and insert.
-            return False
-        return True
+        """Store an event unless its key was seen for this job; True when it is new.
+
+        One INSERT ... ON CONFLICT DO NOTHING, inside the caller's transaction: the event is
+        committed with what it changes or not at all. (A SAVEPOINT here was a bug on SQLite,
+        where a savepoint opened outside a transaction is the transaction: releasing it
+        committed the event alone, and an API killed before the rest lost that epoch.)"""
+        values = {
+            "job_id": event.job_id,
+            "key": event.key,
+            "type": event.type,
+            "ts": event.ts,
+            "data": event.data,
+        }
+        insert = pg_insert if self.s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(JobEvent)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["job_id", "key"])
+            .returning(JobEvent.id)
+        )
+        return self.s.execute(stmt).first() is not None
 
     def for_job(self, job_id: str, after_id: int = 0) -> Sequence[JobEvent]:
         q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)

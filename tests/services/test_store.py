@@ -170,3 +170,28 @@ def test_a_job_waiting_for_resources_says_so_until_a_trial_starts(db: Database) 
     with db.session() as s:
         job_service.request_cancel(s, job_id)
     assert view()["waiting_for"] is None
+
+
+def test_an_event_and_what_it_changes_are_committed_together(db: Database) -> None:
+    """An API killed between storing an event and committing its effect must not keep the
+    event alone: a resent event would then be skipped as seen and its epoch lost. (On SQLite
+    a SAVEPOINT opened outside a transaction is the transaction: releasing it committed the
+    event by itself; a CI run lost an epoch that way when the API was killed.)"""
+    job_id = new_job(db)
+    started = Event(key="trial.started:t1", type="trial.started", data={"trial_id": "t1"})
+    epoch = Event(
+        key="trial.epoch:t1:1",
+        type="trial.epoch",
+        data={"trial_id": "t1", "epoch": 1, "metrics": {"val_accuracy": 0.5}},
+    )
+    with pytest.raises(RuntimeError), db.session() as s:
+        job_service.apply_events(s, job_id, [started, epoch])
+        raise RuntimeError("the process dies before the commit")
+    with db.session() as s:
+        assert EventRepository(s).for_job(job_id) == []
+    # The driver resends: this time everything lands.
+    with db.session() as s:
+        assert job_service.apply_events(s, job_id, [started, epoch]) == 2
+    with db.session() as s:
+        (trial,) = TrialRepository(s).for_job(job_id)
+        assert [e.epoch for e in TrialRepository(s).epochs([trial.id])] == [1]
