@@ -8,13 +8,20 @@ A bundle is a folder with two files and nothing executable:
 
 A compressed variant (``promotion.compress``/``prune``) stores its pruned float weights and
 names its quantization under ``compression``; the loader quantizes the model again from them.
+
+A bundle is written into a temporary folder beside its place and renamed into place once both
+files are complete and on disk: a full disk or a crash leaves no bundle, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import TypeAdapter
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from jobs.compress import Compression, served_model
 from jobs.data import DataError
@@ -95,9 +103,7 @@ def save_bundle(
     """Write a bundle; return its digest (sha256 of the manifest, which pins the weights).
     ``compression``: how the loader turns the stored float weights into the served model.
     ``reference``: the training inputs' profile (jobs.drift) the endpoint's drift is judged on."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS
-    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    blob = safetensors_bytes({k: v.contiguous() for k, v in state.items()})
     manifest = {
         "format_version": FORMAT_VERSION,
         "model": model_spec.model_dump(mode="json"),
@@ -115,7 +121,7 @@ def save_bundle(
             else []
         ),
         "sample_rows": sample_rows,
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "metadata": metadata,
     }
     if reference is not None:
@@ -123,8 +129,52 @@ def save_bundle(
     if compression is not None and compression.active:
         manifest["compression"] = compression.to_json()
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    (folder / MANIFEST).write_bytes(data)
+    _write_folder(folder, {WEIGHTS: blob, MANIFEST: data})
     return hashlib.sha256(data).hexdigest()
+
+
+def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """Put ``files`` in ``folder`` all at once: written and synced in a temporary sibling,
+    then renamed into place (replacing an older bundle there). Any error, ENOSPC included,
+    removes the temporary folder and leaves ``folder`` as it was."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old: Path | None = None
+    try:
+        for name, content in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by serving replicas
+        if folder.exists():
+            # A relaunched driver writes its bundle again: the old one goes aside first (a
+            # folder cannot be renamed over a non-empty one).
+            old = tmp.with_suffix(".old")
+            folder.rename(old)
+        tmp.rename(folder)
+        _sync_dir(folder.parent)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(folder)  # a full disk's error then says what was being written
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            old.rename(folder)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from jobs.bundle import BundleError, OutputHead, load_bundle, save_bundle
 from jobs.models import build_model
@@ -57,3 +63,37 @@ def test_tampered_manifest_is_refused(tmp_path: Path) -> None:
     manifest.write_text(manifest.read_text().replace('"yes"', '"YES"'))
     with pytest.raises(BundleError, match="digest on record"):
         load_bundle(folder, digest)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path``: a disk that fills up for real (root only)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        why = f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_leaves_no_partial_bundle(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "store", "256k") as store:
+        folder, digest, pre, _ = make(store)  # a small bundle fits
+        spec = MLPSpec(hidden_sizes=[4])
+        head = OutputHead("classification", ["no", "yes"])
+        big = {"w": torch.zeros(512 * 1024 // 4 * 3)}  # 768 KiB of weights do not
+        for target in (folder, store / "fresh"):
+            with pytest.raises(OSError) as caught:
+                save_bundle(target, big, spec, pre, head, [], {"job_id": "job_2"})
+            assert caught.value.errno == errno.ENOSPC
+            assert caught.value.filename == str(target)  # what was being written
+        # The bundle that was there is whole and unchanged; no new one, no temporary folder.
+        assert load_bundle(folder, digest).manifest["metadata"] == {"job_id": "job_1"}
+        assert sorted(p.name for p in store.iterdir()) == ["b"]
