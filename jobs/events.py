@@ -33,6 +33,11 @@ EventType = Literal[
 ]
 
 
+# In the job's folder: events the API had not taken when the driver had to exit, one JSON a
+# line; the reconciler applies them when it settles the job.
+UNDELIVERED = "events-undelivered.jsonl"
+
+
 class Event(BaseModel):
     key: str = Field(min_length=1, max_length=200)
     type: EventType
@@ -55,6 +60,8 @@ class EventSink:
         self._url = f"{api_url.rstrip('/')}/v1/internal/jobs/{job_id}/events"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._sending: list[Event] = []  # the batch being sent, until the API takes it
+        self._stopped = False  # close() gave up: stop retrying
         self._client = httpx.Client(timeout=timeout)
         self._thread = threading.Thread(target=self._run, name="crucible-events", daemon=True)
         self._thread.start()
@@ -63,17 +70,29 @@ class EventSink:
         self._queue.put(Event(key=key, type=type, data=data))
 
     def close(self, timeout: float = 60.0) -> bool:
-        """Flush what is queued; False when the API could not be reached in time."""
+        """Flush what is queued; False when the API could not be reached in time (then
+        :meth:`undelivered` says what it has not taken)."""
         self._queue.put(None)
         self._thread.join(timeout)
+        self._stopped = True
         self._client.close()
         return not self._thread.is_alive()
+
+    def undelivered(self) -> list[Event]:
+        """The events the API has not acknowledged, in order (after a failed ``close``: the
+        batch being retried, then the queue). One may be taken while this reads; the API
+        stores each key once, so handing it on again does no harm."""
+        pending = list(self._sending)
+        with self._queue.mutex:
+            pending += [e for e in self._queue.queue if e is not None]
+        return pending
 
     def _run(self) -> None:
         done = False
         while not done:
             batch: list[Event] = []
             item = self._queue.get()
+            self._sending = batch
             while True:
                 if item is None:
                     done = True
@@ -85,25 +104,32 @@ class EventSink:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._send(batch)
+            if batch and not self._send(batch):
+                return  # stopped: the batch stays in _sending for undelivered()
+            self._sending = []
 
-    def _send(self, batch: list[Event]) -> None:
+    def _send(self, batch: list[Event]) -> bool:
+        """True once the API has answered for the batch; False when close() gave up."""
         body = EventBatch(events=batch).model_dump(mode="json")
         delay = 0.5
-        while True:
+        while not self._stopped:
             try:
                 r = self._client.post(self._url, json=body, headers=self._headers)
                 if r.status_code < 500:
                     if r.status_code >= 400:
                         # A 4xx will not change on retry (job cancelled, token revoked).
                         log.warning("control plane refused events: %s %s", r.status_code, r.text)
-                    return
+                    return True
                 log.warning("control plane answered %s; retrying", r.status_code)
             except httpx.HTTPError as exc:
                 log.warning("cannot reach control plane (%s); retrying", exc)
+            except RuntimeError:
+                if self._stopped:
+                    break  # close() closed the client under this request
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+        return False
 
 
 # --- batch scoring -------------------------------------------------------------------------

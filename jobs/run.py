@@ -9,6 +9,7 @@ the model bundle and reports every step as progress events.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from jobs.data import Columns, DataError, is_missing, read_columns, split_indice
 from jobs.datasets import resolve_uri
 from jobs.drift import reference_profile
 from jobs.evaluate import evaluate, evaluate_anomalies, evaluate_regression
-from jobs.events import EventSink
+from jobs.events import UNDELIVERED, Event, EventSink
 from jobs.preprocess import Preprocessor, layout_for
 from jobs.spec import AutoencoderSpec, JobSpec, check_task, effective_spec, feature_columns
 from jobs.tasks import Objective, Target, anomaly_scores, encode_target, infer_task, roc_auc
@@ -612,6 +613,68 @@ def evaluate_best(
     return doc, pred, {}
 
 
+# How long the driver, its work done, keeps trying to deliver its last events.
+FLUSH_TIMEOUT_S = float(os.environ.get("CRUCIBLE_EVENTS_FLUSH_TIMEOUT_S", "120"))
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or what caused it, is a full disk (or quota), also when a library
+    (Tune, pyarrow) passed it on as text."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What the job's error says: the message of a known failure, the storage's state when
+    the artifact store is full, else the exception's type and message."""
+    if disk_full(exc):
+        where = getattr(exc, "filename", None)
+        if where:
+            detail = f" (writing {where})"
+        elif isinstance(exc, OSError):
+            detail = ""
+        else:
+            detail = f" ({type(exc).__name__}: {exc})"
+        return f"artifact store full: No space left on device{detail}"
+    known = isinstance(exc, DataError) or type(exc).__name__ in ("SearchFailed",)
+    return str(exc) if known else f"{type(exc).__name__}: {exc}"
+
+
+def write_result(job_dir: Path, result: dict[str, Any]) -> None:
+    """result.json, all or nothing: the reconciler ingests it when the final event is lost."""
+    path = job_dir / "result.json"
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_undelivered(job_dir: Path, events: list[Event]) -> bool:
+    """Append the events the API never took to the job's folder (one JSON a line)."""
+    try:
+        with open(job_dir / UNDELIVERED, "a") as f:
+            f.write("".join(e.model_dump_json() + "\n" for e in events))
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        log.exception("could not keep the undelivered events in %s", job_dir)
+        return False
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if len(argv) != 2:
@@ -626,17 +689,18 @@ def main(argv: list[str]) -> int:
     code = 0
     try:
         result = execute(manifest, sink)
-        (manifest.job_dir / "result.json").write_text(json.dumps(result))
+        write_result(manifest.job_dir, result)
         sink.emit("job.succeeded", "job.succeeded", **result)
     except Exception as exc:
         traceback.print_exc()
-        known = isinstance(exc, DataError) or type(exc).__name__ in ("SearchFailed",)
-        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
-        sink.emit("job.failed", "job.failed", error=message)
+        sink.emit("job.failed", "job.failed", error=failure_reason(exc))
         code = 1
-    if not sink.close(timeout=120):
-        log.error("could not deliver every event to the control plane")
-        code = code or 3
+    if not sink.close(timeout=FLUSH_TIMEOUT_S):
+        pending = sink.undelivered()
+        log.error("could not deliver %d event(s) to the control plane", len(pending))
+        # Kept for the reconciler, which settles the job from them once the API is back.
+        if not save_undelivered(manifest.job_dir, pending):
+            code = code or 3
     return code
 
 

@@ -13,12 +13,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy.orm import object_session
+
+from jobs.events import UNDELIVERED, Event
 from jobs.score import ScoringManifest
 from services.config import Settings
 from services.core.datasets import read_in_place, verify_unchanged
 from services.core.errors import DomainError
-from services.core.jobs import ingest_result, parent_of, relaunch
+from services.core.jobs import apply_events, ingest_result, parent_of, relaunch
 from services.core.scoring import get_run, manifest_for, succeed
 from services.core.scoring import transition as transition_run
 from services.core.states import TERMINAL, can_transition, transition
@@ -33,6 +38,31 @@ log = logging.getLogger(__name__)
 
 # How long a submitted job may be unknown to Ray before we call it lost.
 LOST_AFTER = timedelta(seconds=60)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A file the driver wrote, or None when it is missing or unreadable (a driver stopped
+    half-way through writing it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read_undelivered(path: Path) -> list[Event]:
+    """The events a driver could not deliver before it exited (jobs.run), in order."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            events.append(Event.model_validate_json(line))
+        except ValueError:
+            log.warning("%s: skipping an unreadable line", path)
+    return events
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,9 @@ class Reconciler:
                     self._settle(snap.id, snap.attempts)
             except DomainError as exc:
                 log.warning("job %s: %s", snap.id, exc.detail)
+            except OSError as exc:
+                # The artifact store (full, unmounted): this job waits, the others go on.
+                log.warning("job %s: artifact store: %s", snap.id, exc)
         self._scoring_tick()
 
     def _dataset_problem(self, snap: _Snapshot) -> str | None:
@@ -177,12 +210,29 @@ class Reconciler:
                 self._finish(job, ray_job.status, ray_job.message)
 
     def _finish(self, job: Job, ray_status: str, message: str | None) -> None:
-        """Ray says the driver is done but its final event never arrived: settle from Ray."""
-        result = job_dir(self.settings, job.id) / "result.json"
-        if ray_status == "SUCCEEDED" and result.exists():
-            ingest_result(job, json.loads(result.read_text()))
+        """Ray says the driver is done but its final event never arrived: settle from what
+        the driver left in storage (the events it could not deliver, its result), else from
+        Ray."""
+        folder = job_dir(self.settings, job.id)
+        session = object_session(job)
+        assert session is not None
+        late = _read_undelivered(folder / UNDELIVERED)
+        if late:
+            apply_events(session, job.id, late)
+        # Whatever Ray says: a driver that wrote its result finished its work (it may have
+        # exited non-zero only because the API was away when it tried to report).
+        result = _read_json(folder / "result.json")
+        if result is not None:
+            if job.status == "queued":
+                # The API went away before it saw the driver start (ingest_result goes on
+                # from running only).
+                transition(job, "running")
+            ingest_result(job, result)
+        if job.status == "succeeded":
             self.succeeded(job.id)
             return
+        if job.status in TERMINAL:
+            return  # the driver's own job.failed said why
         logs = self.gateway.job_logs_tail(submission_id(job.id, job.attempts), 2000)
         reason = {
             "SUCCEEDED": "the driver exited without reporting a result",
