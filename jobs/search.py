@@ -170,19 +170,26 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
     resume = _resume_state(tune.get_checkpoint())
     start_epoch = resume.epoch if resume is not None else 0
 
+    trial_id = tune.get_context().get_trial_id()
+
     def on_epoch(epoch: int, metrics: dict[str, float], last: bool, snapshot: Any) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="crucible-ckpt-"))
-        save_checkpoint(folder, snapshot())
-        tune.report(
-            {
-                **metrics,
-                "epoch": epoch,
-                "last": last,
-                "start_epoch": start_epoch,
-                "pid": os.getpid(),
-            },
-            checkpoint=tune.Checkpoint.from_directory(str(folder)),
-        )
+        folder = Path(tempfile.mkdtemp(prefix=f"crucible-ckpt-{trial_id}-"))
+        try:
+            save_checkpoint(folder, snapshot())
+            tune.report(
+                {
+                    **metrics,
+                    "epoch": epoch,
+                    "last": last,
+                    "start_epoch": start_epoch,
+                    "pid": os.getpid(),
+                },
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
+        finally:
+            # report copied it into the trial's storage; the local copy would only pile up
+            # (one a trial a epoch) on the worker's disk.
+            shutil.rmtree(folder, ignore_errors=True)
 
     fit(
         model,
