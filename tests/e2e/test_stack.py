@@ -19,6 +19,17 @@ from .conftest import Stack, free_port
 pytestmark = pytest.mark.e2e
 
 
+def ray_submissions(dashboard_url: str, ray_token: str, job_id: str) -> list[str]:
+    """Every Ray job launched for the Crucible job ``job_id``, as Ray's Jobs API lists them."""
+    r = httpx.get(f"{dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {ray_token}"})
+    r.raise_for_status()
+    return sorted(
+        j["submission_id"]
+        for j in r.json()
+        if (j.get("metadata") or {}).get("crucible_job_id") == job_id
+    )
+
+
 def test_api_crash_does_not_stop_running_jobs(stack: Stack, adult_small: Path) -> None:
     c = stack.client
     ds = c.upload_dataset(adult_small, "adult-small-restart")
@@ -54,6 +65,8 @@ def test_api_crash_does_not_stop_running_jobs(stack: Stack, adult_small: Path) -
     (trial,) = c.trials(job["id"])
     # Events sent while the API was down were retried: no epoch is missing.
     assert [h["epoch"] for h in trial["history"]] == list(range(1, 26))
+    # The new API's reconciler found the job running and launched nothing again.
+    assert ray_submissions(stack.dashboard_url, stack.ray_token, job["id"]) == [job["id"]]
 
 
 def test_up_joins_an_existing_cluster_with_ray_address(stack: Stack, tmp_path: Path) -> None:
