@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import shlex
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,14 @@ log = logging.getLogger(__name__)
 
 RAY_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
+# Every submission checks its job against the cluster's nodes. Asked of Ray each time, a Ray
+# that does not answer (a head too busy to reply, a proxy before a dead one) held every
+# submission for the whole client timeout, and enough of them held every thread the API serves
+# from (benchmarks/api_load.py). So the answer, or the failure, is kept this long; while one
+# caller asks again, the others take the last one; and the question has a short timeout.
+NODES_TTL_S = 5.0
+NODES_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True)
 class RayJob:
@@ -29,10 +39,20 @@ class RayJob:
 
 
 class RayGateway:
-    def __init__(self, dashboard_url: str, auth_token: str | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        dashboard_url: str,
+        auth_token: str | None,
+        timeout: float = 30.0,
+        nodes_ttl_s: float = NODES_TTL_S,
+    ) -> None:
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self.url = dashboard_url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.nodes_ttl_s = nodes_ttl_s
+        self._nodes_lock = threading.Lock()
+        # (when Ray answered, the nodes' resources or why they are unknown)
+        self._nodes: tuple[float, list[dict[str, float]] | str] | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -101,10 +121,34 @@ class RayGateway:
         return logs[-chars:]
 
     def node_resources(self) -> list[dict[str, float]]:
-        """Total resources of each live node (CPU, GPU, memory, ...)."""
-        r = self._request("GET", "/nodes", params={"view": "summary"})
+        """Total resources of each live node (CPU, GPU, memory, ...), as Ray told them at most
+        ``nodes_ttl_s`` ago (or a refresh ago); UpstreamFailed if Ray did not answer then."""
+        known = self._nodes
+        # One caller asks again; the others meanwhile take the last answer, or, when there is
+        # none yet, wait for this one's.
+        if not self._fresh(known) and self._nodes_lock.acquire(blocking=known is None):
+            try:
+                known = self._nodes
+                if not self._fresh(known):
+                    answer = self._ask_nodes()
+                    known = self._nodes = (time.monotonic(), answer)
+            finally:
+                self._nodes_lock.release()
+        assert known is not None
+        if isinstance(known[1], str):
+            raise UpstreamFailed(known[1])
+        return [dict(n) for n in known[1]]
+
+    def _fresh(self, known: tuple[float, object] | None) -> bool:
+        return known is not None and time.monotonic() - known[0] < self.nodes_ttl_s
+
+    def _ask_nodes(self) -> list[dict[str, float]] | str:
+        try:
+            r = self._request("GET", "/nodes", params={"view": "summary"}, timeout=NODES_TIMEOUT_S)
+        except UpstreamFailed as exc:
+            return exc.detail
         if r.status_code != 200:
-            raise UpstreamFailed(f"Ray node summary failed: {r.status_code} {r.text[:300]}")
+            return f"Ray node summary failed: {r.status_code} {r.text[:300]}"
         nodes = r.json()["data"]["summary"]
         return [
             n["raylet"]["resourcesTotal"]
