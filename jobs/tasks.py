@@ -29,11 +29,15 @@ MAX_CLASSES = 100
 def infer_task(values: np.ndarray) -> Task:
     """classification or regression, from the target's non-missing values."""
     present = values[~is_missing(values)]
-    numbers = [
-        v for v in present.tolist() if isinstance(v, int | float) and not isinstance(v, bool)
-    ]
-    if not present.size or len(numbers) != present.size:
+    if not present.size:
         return "classification"
+    numbers = []
+    # One value that is not a number settles it: a text target (the common case) is decided
+    # on its first value, not after a walk over every row (the API infers at each submission).
+    for v in present.tolist():
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return "classification"
+        numbers.append(v)
     as_float = np.asarray(numbers, dtype=np.float64)
     fractional = bool(np.any(as_float != np.round(as_float)))
     if fractional or len(np.unique(as_float)) > MAX_CLASS_VALUES:

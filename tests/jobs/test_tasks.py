@@ -26,6 +26,8 @@ def obj(*values: object) -> np.ndarray:
         (obj(*range(25)), "regression"),
         (obj(1.0, 2.5, 3.0), "regression"),
         (obj(1.0, 2.0, None), "classification"),
+        (obj(*range(25), "x"), "classification"),  # any value not a number: labels
+        (obj(0.5, True, 1.5), "classification"),
     ],
 )
 def test_the_task_is_inferred_from_the_target(values: np.ndarray, task: str) -> None:
