@@ -1,6 +1,6 @@
 """A closed-loop HTTP load generator for the serving benchmark, run in a process of its own.
 
-``clients`` keep-alive connections each send POSTs back to back for ``seconds`` (after
+``clients`` keep-alive connections each send POSTs (or GETs) back to back for ``seconds`` (after
 ``warmup`` seconds that are not counted) and time every answer. It speaks just enough HTTP/1.1
 over asyncio streams (uvloop when installed) to stay cheap: on a 2-core machine every
 microsecond the client spends is taken from the server it measures, and a general client such
@@ -8,6 +8,7 @@ as httpx costs several times more per request. Its own CPU time per request is r
 ceiling it puts on any figure is known.
 
     python -m benchmarks._loadgen '<json arguments>'   # prints one JSON result line
+    python -m benchmarks._loadgen - < arguments.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class LoadSpec:
     expect: str | None = None
     # Sent as X-Request-ID "<prefix>-<n>", so server-side logs can be matched to this run.
     request_id_prefix: str | None = None
+    method: str = "POST"  # a GET sends no body (pass bodies=[""])
+    status: int = 200  # the status of an answer that counts (202 for a job submission)
 
 
 @dataclass
@@ -90,14 +93,19 @@ async def _run(spec: LoadSpec) -> LoadResult:
     host, port, path = _split_url(spec.url)
     auth = f"Authorization: Bearer {spec.token}\r\n" if spec.token else ""
     # Everything but the request id is fixed: build those bytes once per body.
+    with_body = spec.method != "GET"
     heads = [
         (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
-            f"Content-Type: application/json\r\nContent-Length: {len(b.encode())}\r\n"
+            f"{spec.method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+            + (
+                f"Content-Type: application/json\r\nContent-Length: {len(b.encode())}\r\n"
+                if with_body
+                else ""
+            )
         ).encode()
         for b in spec.bodies
     ]
-    payloads = [b.encode() for b in spec.bodies]
+    payloads = [b.encode() if with_body else b"" for b in spec.bodies]
     expect = spec.expect.encode() if spec.expect else None
     prefix = spec.request_id_prefix
     latencies: list[int] = []
@@ -127,11 +135,14 @@ async def _run(spec: LoadSpec) -> LoadResult:
                 status, body = await _read_response(reader)
                 t1 = time.perf_counter()
                 answered += 1
-                if t0 < t_measure:
+                # An answer counts when it arrives within the window, whenever it was asked
+                # for: with seconds-long answers (50 clients queueing on a slow route),
+                # counting only those asked within it would leave out one latency's worth.
+                if t1 < t_measure:
                     continue
                 if t1 > t_end:
                     return
-                if status != 200 or (expect is not None and expect not in body):
+                if status != spec.status or (expect is not None and expect not in body):
                     errors += 1
                     if not first_error:
                         first_error.append(f"{status} {body[:300]!r}")
@@ -181,7 +192,8 @@ def run(spec: LoadSpec) -> LoadResult:
 
 
 def main() -> None:
-    spec = LoadSpec(**json.loads(sys.argv[1]))
+    # "-": the spec on stdin (many bodies overflow an argument).
+    spec = LoadSpec(**json.loads(sys.stdin.read() if sys.argv[1] == "-" else sys.argv[1]))
     result = asdict(run(spec))
     if sys.argv[2:] == ["latencies"]:
         result["latencies_ms"] = [round(x, 4) for x in result["latencies_ms"]]
@@ -196,8 +208,8 @@ def spawn(spec: LoadSpec, latencies: bool = False) -> dict[str, Any]:
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks._loadgen", json.dumps(asdict(spec))]
-        + (["latencies"] if latencies else []),
+        [sys.executable, "-m", "benchmarks._loadgen", "-"] + (["latencies"] if latencies else []),
+        input=json.dumps(asdict(spec)),
         capture_output=True,
         text=True,
         timeout=spec.warmup + spec.seconds + 120,

@@ -24,6 +24,8 @@ class Handler(BaseHTTPRequestHandler):
         )
         if self.path == "/fail":
             self._send(500, b'{"error": "boom"}')
+        elif self.path == "/accepted":
+            self._send(202, b'{"id": "job_1", "status": "queued"}')
         elif self.path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -33,6 +35,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         else:
             self._send(200, b'{"predictions": [1]}')
+
+    def do_GET(self) -> None:
+        assert "content-length" not in self.headers  # a GET carries no body
+        self._send(200, b'{"items": []}')
 
     def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
@@ -84,4 +90,13 @@ def test_errors_and_unexpected_answers_are_not_results(server: str) -> None:
     assert r.requests == 0 and r.errors > 0
     assert r.first_error is not None and r.first_error.startswith("500")
     r = run(spec(server + "/ok", expect='"nothing like this"'))
+    assert r.requests == 0 and r.errors > 0
+
+
+def test_gets_and_other_statuses_of_success(server: str) -> None:
+    r = run(spec(server + "/jobs", method="GET", bodies=[""], expect='"items"'))
+    assert r.errors == 0 and r.requests > 10
+    r = run(spec(server + "/accepted", status=202, expect='"queued"'))
+    assert r.errors == 0 and r.requests > 10
+    r = run(spec(server + "/ok", status=202))  # a 200 where a 202 is the answer: an error
     assert r.requests == 0 and r.errors > 0
