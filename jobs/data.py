@@ -78,7 +78,11 @@ def column_kind(arrow_type: pa.DataType) -> ColumnKind | None:
 
 
 def describe_schema(schema: pa.Schema) -> list[dict[str, Any]]:
-    return [{"name": f.name, "type": str(f.type), "kind": column_kind(f.type)} for f in schema]
+    try:
+        return [{"name": f.name, "type": str(f.type), "kind": column_kind(f.type)} for f in schema]
+    except UnicodeDecodeError:
+        # Arrow's CSV reader keeps non-UTF-8 values as binary, but any header bytes as a name.
+        raise DataError("a column name is not UTF-8 text; is the file CSV?") from None
 
 
 def describe_table(table: pa.Table) -> list[dict[str, Any]]:
