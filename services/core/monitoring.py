@@ -108,7 +108,7 @@ class PredictionBatch(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str = Field(min_length=1, max_length=64)
     index: int = Field(0, ge=0, le=2**31 - 1)

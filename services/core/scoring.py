@@ -44,7 +44,7 @@ MAX_BATCH_SIZE = 10_000
 class ScoringRequest(BaseModel):
     """The body of ``POST /v1/endpoints/{name}/batch`` and ``POST /v1/models/{id}/score``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset_id: str = Field(min_length=1, max_length=40, description="A registered dataset")
     concurrency: int = Field(
