@@ -28,6 +28,11 @@ from services.orchestrator.serve_deployer import ServeDeployer
 from services.store.db import Database
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Numbers from a query reach the database as they are: an offset is a 64-bit integer there, an
+# event or audit log id a 32-bit one (INTEGER columns). Larger ones are a 422 here rather than
+# an overflow in the database driver (a 500).
+MAX_OFFSET = 2**63 - 1
+MAX_ID = 2**31 - 1
 
 
 @dataclass
