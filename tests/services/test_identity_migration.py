@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import inspect
 
 from services.core.auth import BOOTSTRAP_USER, authenticate, hash_token
-from services.store.db import MIGRATIONS, Database, migrate
+from services.store.db import MIGRATIONS, Database, migrate, migration_connection
 
 NEW_TABLES = {"users", "audit_log", "idempotency_keys"}
 
@@ -24,7 +24,7 @@ def test_legacy_tokens_end_attached_to_the_bootstrap_admin(database_url: str) ->
     cfg = _cfg()
     db = Database(database_url)
     try:
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0007")
             for token_id, secret, revoked in (
@@ -63,7 +63,7 @@ def test_legacy_tokens_end_attached_to_the_bootstrap_admin(database_url: str) ->
             users[0][0],
         )
 
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0007")
         assert not NEW_TABLES & set(inspect(db.engine).get_table_names())

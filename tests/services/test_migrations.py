@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect
 
 from services.core.datasets import builtin_id, seed_builtins
-from services.store.db import MIGRATIONS, Database, migrate
+from services.store.db import MIGRATIONS, Database, migrate, migration_connection
 from services.store.models import Base, Dataset
 
 # A landed migration is history: databases out there ran it, so it must never change.
@@ -51,7 +51,7 @@ def test_audits_migration_goes_down_and_up(database_url: str) -> None:
     try:
         migrate(engine)
         assert "audits" in inspect(engine).get_table_names()
-        with engine.begin() as conn:
+        with migration_connection(engine) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0001")
         tables = set(inspect(engine).get_table_names())
@@ -70,7 +70,7 @@ def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url:
     adult = builtin_id("adult")
     db = Database(database_url)
     try:
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0002")
             conn.execute(
@@ -90,7 +90,7 @@ def test_dataset_quality_migration_keeps_rows_and_goes_down_and_up(database_url:
             row = s.get(Dataset, adult)
             assert row is not None and row.quality is not None
             assert row.quality["label_balance"]["column"] == "income"
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0002")
         names = {c["name"] for c in inspect(db.engine).get_columns("datasets")}
@@ -112,7 +112,7 @@ def test_scoring_runs_migration_from_the_previous_schema_goes_down_and_up(
     cfg.set_main_option("script_location", str(MIGRATIONS))
     engine = create_engine(database_url)
     try:
-        with engine.begin() as conn:
+        with migration_connection(engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0005")
             conn.exec_driver_sql(
@@ -141,7 +141,7 @@ def test_scoring_runs_migration_from_the_previous_schema_goes_down_and_up(
                 "'queued', '{}', 0, CURRENT_TIMESTAMP)"
             )
             assert conn.exec_driver_sql("SELECT count(*) FROM scoring_runs").scalar() == 1
-        with engine.begin() as conn:
+        with migration_connection(engine) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0005")
         tables = set(inspect(engine).get_table_names())
@@ -165,7 +165,7 @@ def test_monitoring_migration_keeps_endpoints_and_goes_down_and_up(database_url:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     db = Database(database_url)
     try:
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0006")
             conn.exec_driver_sql(
@@ -206,7 +206,7 @@ def test_monitoring_migration_keeps_endpoints_and_goes_down_and_up(database_url:
                 "features, prediction, latency_ms) VALUES ('adult', 'mdl_1', 'r1', 0, "
                 "CURRENT_TIMESTAMP, '{}', '1', 1.0)"
             )
-        with db.engine.begin() as conn:
+        with migration_connection(db.engine) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0006")
         tables = set(inspect(db.engine).get_table_names())
