@@ -530,6 +530,13 @@ class SearchSpec(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
 
     @property
+    def trial_count(self) -> int:
+        """Trials the search runs: the grid's size with algorithm grid, else num_trials."""
+        if self.algorithm == "grid":
+            return math.prod(len(d.candidates()) for d in self.space.values()) if self.space else 0
+        return self.num_trials
+
+    @property
     def resolved_metric(self) -> str:
         # JobSpec fills the metric in from the task; a bare SearchSpec means classification.
         return self.metric or "val_accuracy"
@@ -953,6 +960,12 @@ class PromotionSpec(_Strict):
 
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="A short name for the job.")
+    project: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="The project the job belongs to (its dataset's, or a built-in dataset's "
+        "user's own): default, your only project (an admin's: 'default').",
+    )
     task: Literal["auto", "classification", "regression", "anomaly_detection"] = Field(
         "auto",
         description="What is learnt. auto: regression when the target is a number with more "
@@ -1294,7 +1307,7 @@ def _check_algorithm(s: SearchSpec) -> list[FieldError]:
             )
         if not s.space:
             errors.append(FieldError(("search", "space"), "algorithm 'grid' needs a space"))
-        size = math.prod(len(d.candidates()) for d in s.space.values()) if s.space else 0
+        size = s.trial_count
         if "num_trials" in s.model_fields_set and s.num_trials != size:
             errors.append(
                 FieldError(

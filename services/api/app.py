@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from services import __version__
-from services.api import errors
+from services.api import errors, openapi
 from services.api.audit_log import AuditLogMiddleware
 from services.api.deps import Services
 from services.api.limits import BodyLimitMiddleware, RateLimiter
@@ -25,6 +25,7 @@ from services.api.routers import (
     jobs,
     models,
     monitoring,
+    projects,
     scoring,
     spec,
     ui,
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         )
 
     errors.install(app)
+    openapi.install(app)
     for router in (
         health.router,
         datasets.router,
@@ -151,6 +153,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         internal.router,
         monitoring.router,
         identity.router,
+        projects.router,
         ui.router,
     ):
         app.include_router(router)

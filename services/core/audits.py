@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session
 from jobs.audit import AuditInputError, binary_outcomes, run_audit
 from jobs.datasets import resolve_uri
 from jobs.spec import NAME_PATTERN, AuditOptions
+from services.core.auth import Principal
 from services.core.datasets import get_dataset
 from services.core.errors import Invalid, NotFound
 from services.core.ids import new_id
 from services.core.jobs import pydantic_fields
+from services.core.projects import DEFAULT_PROJECT_ID, project_for_new, require_visible
 from services.store.models import Audit, Dataset
 from services.store.repositories import AuditRepository
 
@@ -125,9 +127,16 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(col.to_pylist(), dtype=object)
 
 
-def audit_predictions(session: Session, raw: Any, created_by: str | None) -> dict[str, Any]:
-    """Validate, audit and store; returns the stored audit's view."""
+def audit_predictions(
+    session: Session, raw: Any, created_by: str | None, caller: Principal | None = None
+) -> dict[str, Any]:
+    """Validate, audit and store; returns the stored audit's view. The audit belongs to its
+    dataset's project (for a built-in dataset, the caller's own)."""
     req = validate_request(raw)
+    project_id = DEFAULT_PROJECT_ID
+    if caller is not None:
+        in_project = require_visible(session, caller, "dataset", req.dataset_id, ["dataset_id"])
+        project_id = in_project or project_for_new(session, caller, None, ["dataset_id"]).id
     try:
         dataset = get_dataset(session, req.dataset_id)
     except NotFound:
@@ -172,6 +181,7 @@ def audit_predictions(session: Session, raw: Any, created_by: str | None) -> dic
             passed=bool(document["passed"]),
             num_rows=int(document["num_rows"]),
             created_by=created_by,
+            project_id=project_id,
         )
     )
     return audit_view(audit)
@@ -204,6 +214,7 @@ def audit_summary(a: Audit) -> dict[str, Any]:
         "id": a.id,
         "name": a.name,
         "dataset_id": a.dataset_id,
+        "project_id": a.project_id,
         "passed": a.passed,
         "num_rows": a.num_rows,
         "created_at": _iso(a.created_at),

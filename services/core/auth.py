@@ -22,6 +22,7 @@ from services.core.errors import Unauthorized
 from services.core.ids import new_id
 from services.store.db import Database
 from services.store.models import Token, User, utcnow
+from services.store.projects import ProjectRepository
 from services.store.repositories import TokenRepository, UserRepository
 
 # The admin user the bootstrap token belongs to (and, after migration 0008, every token from
@@ -73,9 +74,16 @@ class Principal:
     role: str
     user_id: str
     token_name: str = ""
+    # The ids of the projects the user may see and act in; None for an admin: every project.
+    projects: frozenset[str] | None = frozenset()
 
     def has(self, role: str) -> bool:
         return role_rank(self.role) >= role_rank(role)
+
+    def sees(self, project_id: str | None) -> bool:
+        """Whether a resource of this project exists for the caller ("" or None: a built-in,
+        everyone's)."""
+        return not project_id or self.projects is None or project_id in self.projects
 
 
 def authenticate(db: Database, authorization: str | None) -> Principal:
@@ -93,7 +101,8 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
             raise Unauthorized("the token's user is disabled")
         if row.last_used_at is None or row.last_used_at < now - TOUCH_EVERY:
             repo.touch(row.id, now, now - TOUCH_EVERY)
-        return Principal(row.id, user.name, user.role, user.id, row.name)
+        projects = None if user.role == "admin" else ProjectRepository(s).ids_of(user.id)
+        return Principal(row.id, user.name, user.role, user.id, row.name, projects)
 
 
 def principal_for(db: Database, authorization: str | None) -> Principal | None:

@@ -36,7 +36,8 @@ from services.core.dataset_uris import (
 )
 from services.core.errors import Invalid, NotFound, PayloadTooLarge
 from services.core.ids import new_id
-from services.store.models import Dataset
+from services.core.projects import check_storage_quota
+from services.store.models import Dataset, Project
 from services.store.repositories import DatasetRepository
 
 PARQUET_MAGIC = b"PAR1"
@@ -137,6 +138,14 @@ def _described(
     return columns, quality_report(table, target)
 
 
+def _add_owned(session: Session, owner: Project | None, dataset: Dataset) -> Dataset:
+    """Record a registered dataset in its project, within the project's storage quota."""
+    if owner is not None:
+        check_storage_quota(session, owner, dataset.size_bytes)
+        dataset.project_id = owner.id
+    return DatasetRepository(session).add(dataset)
+
+
 def register_upload(
     session: Session,
     artifact_root: Path,
@@ -145,6 +154,7 @@ def register_upload(
     stream: BinaryIO,
     max_bytes: int,
     target: str | None = None,
+    owner: Project | None = None,
 ) -> Dataset:
     """Store an uploaded CSV or Parquet file as Parquet and record it.
 
@@ -167,7 +177,9 @@ def register_upload(
         dataset_id = new_id("ds")
         final = folder / f"{dataset_id}.parquet"
         pq.write_table(table, final, compression="zstd")
-        dataset = DatasetRepository(session).add(
+        dataset = _add_owned(
+            session,
+            owner,
             Dataset(
                 id=dataset_id,
                 name=name,
@@ -180,7 +192,7 @@ def register_upload(
                 columns=columns,
                 builtin=False,
                 quality=quality,
-            )
+            ),
         )
         return dataset
     except BaseException:
@@ -217,6 +229,7 @@ def register_uri(
     uri: str,
     max_bytes: int,
     target: str | None = None,
+    owner: Project | None = None,
 ) -> Dataset:
     """Register a CSV or Parquet file by URI: confined, hashed (streamed), parsed once for its
     schema and quality report. Nothing is recorded (nor written) unless all of it succeeds.
@@ -224,7 +237,7 @@ def register_uri(
     A local folder (a path ending in '/') holding ``labels.csv`` and PNG/JPEG files is an
     image dataset: decoded once into Parquet in artifact storage (see jobs/images.py)."""
     if uri.endswith("/") and uri.startswith("/"):
-        return _register_image_folder(session, artifact_root, roots, name, uri, target)
+        return _register_image_folder(session, artifact_root, roots, name, uri, target, owner)
     try:
         loc = confine(uri, roots)
         with open_location(loc) as f:
@@ -257,7 +270,9 @@ def register_uri(
             pq.write_table(table, final, compression="zstd")
             stored_uri, stored_sha = str(final), file_sha256(final)
             stored_size = final.stat().st_size
-        return DatasetRepository(session).add(
+        return _add_owned(
+            session,
+            owner,
             Dataset(
                 id=dataset_id,
                 name=name,
@@ -271,7 +286,7 @@ def register_uri(
                 builtin=False,
                 source_uri=uri,
                 quality=quality,
-            )
+            ),
         )
     except BaseException:
         if final is not None:
@@ -286,6 +301,7 @@ def _register_image_folder(
     name: str,
     uri: str,
     target: str | None,
+    owner: Project | None,
 ) -> Dataset:
     try:
         # The labels file is what is confined: the folder is its parent, and images are read
@@ -316,7 +332,9 @@ def _register_image_folder(
     final = target_dir / f"{dataset_id}.parquet"
     pq.write_table(folder.table, final, compression="zstd")
     try:
-        return DatasetRepository(session).add(
+        return _add_owned(
+            session,
+            owner,
             Dataset(
                 id=dataset_id,
                 name=name,
@@ -330,7 +348,7 @@ def _register_image_folder(
                 builtin=False,
                 source_uri=uri,
                 quality=quality,
-            )
+            ),
         )
     except BaseException:
         final.unlink(missing_ok=True)
@@ -381,6 +399,7 @@ def dataset_view(d: Dataset, detail: bool = False) -> dict[str, Any]:
         "size_bytes": d.size_bytes,
         "columns": d.columns,
         "builtin": d.builtin,
+        "project_id": d.project_id,
         "description": d.description,
         "license": d.license,
         "source_uri": d.source_uri,

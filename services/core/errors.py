@@ -18,6 +18,10 @@ class DomainError(Exception):
         """Response headers that go with the error."""
         return {"WWW-Authenticate": "Bearer"} if self.status_code == 401 else {}
 
+    def extra(self) -> dict[str, Any]:
+        """Members the error's body carries beside error, detail and fields."""
+        return {}
+
 
 class Unauthorized(DomainError):
     status_code = 401
@@ -61,6 +65,22 @@ class TooManyRequests(DomainError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class QuotaExceeded(DomainError):
+    """The request would take a project past one of its quotas; it is refused, not queued."""
+
+    status_code = 429
+    kind = "quota_exceeded"
+
+    def __init__(
+        self, detail: str, quota: str, limit: float, in_use: float, requested: float
+    ) -> None:
+        super().__init__(detail)
+        self.quota = {"name": quota, "limit": limit, "in_use": in_use, "requested": requested}
+
+    def extra(self) -> dict[str, Any]:
+        return {"quota": self.quota}
 
 
 class Unavailable(DomainError):

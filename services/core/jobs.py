@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 from jobs.bundle import MANIFEST
@@ -18,6 +20,7 @@ from jobs.events import Event
 from jobs.spec import (
     FieldError,
     JobSpec,
+    Task,
     check_against_columns,
     check_model_inputs,
     check_spec,
@@ -25,15 +28,25 @@ from jobs.spec import (
     validation_errors,
 )
 from jobs.tasks import infer_task
+from services.core.auth import Principal
 from services.core.datasets import get_dataset
-from services.core.errors import Conflict, Invalid, NotFound
+from services.core.errors import Conflict, Forbidden, Invalid, NotFound
 from services.core.ids import new_id
+from services.core.projects import (
+    DEFAULT_PROJECT_ID,
+    check_job_quotas,
+    project_for_new,
+    require_visible,
+    same_project,
+)
 from services.core.states import TERMINAL, can_transition, reopen, transition
-from services.store.models import Job, JobEvent, Trial, TrialEpoch, utcnow
+from services.store.models import Job, JobEvent, Project, Trial, TrialEpoch, utcnow
+from services.store.projects import ProjectRepository
 from services.store.repositories import (
     EventRepository,
     JobRepository,
     ModelRepository,
+    TokenRepository,
     TrialRepository,
 )
 
@@ -42,12 +55,17 @@ def pydantic_fields(exc: ValidationError) -> list[dict[str, Any]]:
     return [e.as_dict() for e in validation_errors(exc)]
 
 
-def validate_spec(session: Session, raw: Any) -> JobSpec:
-    """Every check a spec must pass before a job exists; raises with each bad field."""
+def validate_spec(session: Session, raw: Any, caller: Principal | None = None) -> JobSpec:
+    """Every check a spec must pass before a job exists; raises with each bad field. With a
+    caller, the dataset and the parent model must be in one of the caller's projects."""
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         raise Invalid("the job spec is invalid", pydantic_fields(exc)) from exc
+    if caller is not None:
+        require_visible(session, caller, "dataset", spec.dataset.id, ["dataset", "id"])
+        if spec.model.init_from is not None:
+            require_visible(session, caller, "model", spec.model.init_from, ["model", "init_from"])
     dataset = get_dataset_or_field_error(session, spec.dataset.id)
     kinds = {c["name"]: c["kind"] for c in dataset.columns}
     shapes = {c["name"]: c.get("shape") for c in dataset.columns}
@@ -58,7 +76,7 @@ def validate_spec(session: Session, raw: Any) -> JobSpec:
     elif target in kinds and spec.task == "auto":
         # Settle the task now, so a metric or loss that does not fit it is a 422 here and the
         # stored spec says what will be learnt.
-        spec = spec.with_task(infer_task(read_column(dataset.uri, target)))
+        spec = spec.with_task(inferred_task(dataset.uri, dataset.sha256, target))
     errors += check_spec(spec)
     errors += check_model_inputs(spec, kinds, shapes)
     errors += _check_parent(session, spec)
@@ -113,6 +131,13 @@ def parent_of(session: Session, spec: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+@functools.lru_cache(maxsize=256)
+def inferred_task(uri: str, sha256: str, target: str) -> Task:
+    """The task a dataset's target implies, read once per dataset content and column, not at
+    every submission (reading Adult's target took most of a submission's time)."""
+    return infer_task(read_column(uri, target))
+
+
 def get_dataset_or_field_error(session: Session, dataset_id: str) -> Any:
     try:
         return get_dataset(session, dataset_id)
@@ -123,7 +148,32 @@ def get_dataset_or_field_error(session: Session, dataset_id: str) -> Any:
         ) from None
 
 
-def create_job(session: Session, spec: JobSpec, created_by: str | None) -> Job:
+def project_of_new_job(session: Session, caller: Principal, spec: JobSpec) -> Project:
+    """The project a job goes into: the spec's ``project``, else its dataset's, else the
+    caller's own; its dataset and parent model must belong to it (or be built-in)."""
+    repo = ProjectRepository(session)
+    dataset_project = repo.of_dataset(spec.dataset.id) or None
+    in_dataset = repo.get(dataset_project) if dataset_project and not spec.project else None
+    project = in_dataset or project_for_new(session, caller, spec.project, ["project"])
+    same_project(project.id, dataset_project or "", "dataset", spec.dataset.id, ["dataset", "id"])
+    if spec.model.init_from is not None:
+        parent = repo.of_model(spec.model.init_from) or ""
+        same_project(project.id, parent, "model", spec.model.init_from, ["model", "init_from"])
+    return project
+
+
+def create_job(
+    session: Session,
+    spec: JobSpec,
+    created_by: str | None,
+    project_id: str = DEFAULT_PROJECT_ID,
+) -> Job:
+    """Add a queued job, within its project's quotas (checked under the project's lock, in
+    this unit of work)."""
+    project = ProjectRepository(session).get(project_id)
+    if project is None:
+        raise NotFound(f"no project '{project_id}'")
+    check_job_quotas(session, project, spec)
     return JobRepository(session).add(
         Job(
             id=new_id("job"),
@@ -131,9 +181,20 @@ def create_job(session: Session, spec: JobSpec, created_by: str | None) -> Job:
             status="queued",
             spec=spec.model_dump(mode="json"),
             dataset_id=spec.dataset.id,
+            project_id=project.id,
             created_by=created_by,
         )
     )
+
+
+def check_owner(session: Session, caller: Principal, created_by: str | None, what: str) -> None:
+    """A member changes only what they made (cancel, resume); an approver or admin anything
+    in their projects. ``created_by`` is the id of the token that made it."""
+    if caller.has("approver"):
+        return
+    token = TokenRepository(session).get(created_by) if created_by else None
+    if token is None or token.user_id != caller.user_id:
+        raise Forbidden(f"a member may {what} only what they submitted (or ask an approver)")
 
 
 def get_job(session: Session, job_id: str, for_update: bool = False) -> Job:
@@ -175,20 +236,45 @@ def waiting_for(job: Job) -> dict[str, Any] | None:
         .order_by(JobEvent.id.desc())
         .limit(1)
     ).first()
+    return _wait_of(last)
+
+
+def _wait_of(last: JobEvent | None) -> dict[str, Any] | None:
     if last is None or last.type != "job.waiting":
         return None
     return {"reason": str(last.data.get("reason", "")), "since": last.data.get("since", last.ts)}
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def waits_of(session: Session, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
+    """``waiting_for`` of each waiting job among ``jobs``, by id, in one query (a page of the
+    job list asked one query per job)."""
+    live = [j.id for j in jobs if j.status not in TERMINAL]
+    if not live:
+        return {}
+    latest = (
+        select(func.max(JobEvent.id))
+        .where(JobEvent.job_id.in_(live), JobEvent.type.in_(_WAIT_MARKERS))
+        .group_by(JobEvent.job_id)
+    )
+    out = {}
+    for last in session.scalars(select(JobEvent).where(JobEvent.id.in_(latest))):
+        wait = _wait_of(last)
+        if wait is not None:
+            out[last.job_id] = wait
+    return out
+
+
+def job_view(job: Job, waits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """With ``waits`` (``waits_of`` the page the job is on), no query of its own."""
     duration = None
     if job.started_at and job.finished_at:
         duration = (job.finished_at - job.started_at).total_seconds()
-    wait = waiting_for(job)
+    wait = waiting_for(job) if waits is None else waits.get(job.id)
     return {
         "id": job.id,
         "name": job.name,
         "status": job.status,
+        "project_id": job.project_id,
         "dataset_id": job.dataset_id,
         "error": job.error,
         "created_at": _iso(job.created_at),

@@ -26,6 +26,7 @@ from services.core.jobs import get_job
 from services.orchestrator.serve_deployer import ServeDeployer
 from services.store.db import Database
 from services.store.models import Job, ModelVersion, Promotion
+from services.store.projects import ProjectRepository
 from services.store.repositories import (
     DatasetRepository,
     EndpointRepository,
@@ -304,6 +305,13 @@ def promote(
             model = models.get(model_id)
             assert model is not None
             current = EndpointRepository(s).get(endpoint)
+            # Endpoint names are one namespace (they are Serve's routes): a name another
+            # project serves under is taken, though the endpoint itself stays invisible.
+            if current is not None and ProjectRepository(s).of_endpoint(endpoint) != job.project_id:
+                raise Conflict(
+                    f"the endpoint name '{endpoint}' is taken by another project",
+                    [{"loc": ["endpoint"], "msg": "taken by another project"}],
+                )
             previous = current.model_id if current else None
             canary = current.canary_model_id if current else None
             serving_model = models.get(previous) if previous else None

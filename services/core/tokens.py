@@ -24,6 +24,7 @@ from services.core.ids import new_id
 from services.orchestrator.serve_deployer import ServeDeployer
 from services.store.db import Database
 from services.store.models import Token, User, utcnow
+from services.store.projects import ProjectRepository
 from services.store.repositories import TokenRepository, UserRepository
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,29 @@ def _check_role(role: str) -> None:
         )
 
 
-def create_user(db: Database, name: str, role: str) -> dict[str, Any]:
+def create_user(
+    db: Database, name: str, role: str, projects: list[str] | None = None
+) -> dict[str, Any]:
+    """A user, member of the projects named (by default the project "default")."""
     _check_role(role)
+    names = list(dict.fromkeys(projects if projects is not None else ["default"]))
     with db.session() as s:
         users = UserRepository(s)
         if users.by_name(name) is not None:
             raise Conflict(f"a user named '{name}' exists", [{"loc": ["name"], "msg": "taken"}])
-        return user_view(users.add(User(id=new_id("usr"), name=name, role=role)))
+        repo = ProjectRepository(s)
+        found = [repo.by_name(n) for n in names]
+        missing = [i for i, p in enumerate(found) if p is None]
+        if missing:
+            raise Invalid(
+                f"no project '{names[missing[0]]}'",
+                [{"loc": ["projects", i], "msg": f"no project '{names[i]}'"} for i in missing],
+            )
+        user = users.add(User(id=new_id("usr"), name=name, role=role))
+        for project in found:
+            assert project is not None
+            repo.add_member(project.id, user.id)
+        return {**user_view(user), "projects": names}
 
 
 def list_users(db: Database) -> list[dict[str, Any]]:

@@ -68,6 +68,31 @@ class User(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class Project(Base):
+    """What datasets, jobs, models and endpoints belong to: a token sees only its user's
+    projects (admins see all), and each project's quotas bound what it may use at once."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Quotas; NULL is no limit. Jobs count while queued or running.
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_trials_per_job: Mapped[int | None] = mapped_column(Integer)
+    max_cpus: Mapped[float | None] = mapped_column(Float)
+    max_gpus: Mapped[float | None] = mapped_column(Float)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Token(Base):
     __tablename__ = "tokens"
 
@@ -146,6 +171,8 @@ class Dataset(Base):
     source_uri: Mapped[str | None] = mapped_column(Text)
     # jobs.quality.quality_report at registration; None for rows older than migration 0003.
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # NULL for the built-in datasets, which every project may read.
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
 
 
 class Job(Base):
@@ -156,6 +183,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    # Models, endpoints and scoring runs belong to their job's project (through the job).
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     created_by: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -290,6 +319,7 @@ class Audit(Base):
     num_rows: Mapped[int] = mapped_column(BigInteger)
     created_by: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
 
 
 class ScoringRun(Base):

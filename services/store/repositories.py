@@ -5,11 +5,11 @@ Repositories only ``flush``; the caller's unit of work commits (``Database.sessi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -34,6 +34,9 @@ from services.store.models import (
 )
 
 ACTIVE_STATUSES = ("queued", "running")
+
+Scope = Collection[str] | None
+"""The projects a query may see: their ids, or None for every project (an admin)."""
 
 
 class UserRepository:
@@ -168,17 +171,26 @@ class DatasetRepository:
     def get(self, dataset_id: str) -> Dataset | None:
         return self.s.get(Dataset, dataset_id)
 
-    def list(self, limit: int, offset: int) -> Sequence[Dataset]:
+    def list(self, limit: int, offset: int, projects: Scope = None) -> Sequence[Dataset]:
         q = select(Dataset).order_by(Dataset.builtin.desc(), Dataset.created_at.desc())
+        q = q.where(_dataset_scope(projects))
         return self.s.scalars(q.limit(limit).offset(offset)).all()
 
-    def count(self) -> int:
-        return self.s.scalar(select(func.count()).select_from(Dataset)) or 0
+    def count(self, projects: Scope = None) -> int:
+        q = select(func.count()).select_from(Dataset).where(_dataset_scope(projects))
+        return self.s.scalar(q) or 0
 
     def add(self, dataset: Dataset) -> Dataset:
         self.s.add(dataset)
         self.s.flush()
         return dataset
+
+
+def _dataset_scope(projects: Scope) -> Any:
+    """Built-in datasets (no project) are everyone's."""
+    if projects is None:
+        return true()
+    return or_(Dataset.project_id.is_(None), Dataset.project_id.in_(projects))
 
 
 class JobRepository:
@@ -191,22 +203,29 @@ class JobRepository:
             return self.s.scalars(q).first()
         return self.s.get(Job, job_id)
 
-    def list(self, status: str | None, limit: int, offset: int) -> Sequence[Job]:
+    def list(
+        self, status: str | None, limit: int, offset: int, projects: Scope = None
+    ) -> Sequence[Job]:
         q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
         if status:
             q = q.where(Job.status == status)
+        if projects is not None:
+            q = q.where(Job.project_id.in_(projects))
         return self.s.scalars(q.limit(limit).offset(offset)).all()
 
-    def count(self, status: str | None) -> int:
+    def count(self, status: str | None, projects: Scope = None) -> int:
         q = select(func.count()).select_from(Job)
         if status:
             q = q.where(Job.status == status)
+        if projects is not None:
+            q = q.where(Job.project_id.in_(projects))
         return self.s.scalar(q) or 0
 
-    def active(self) -> Sequence[Job]:
-        return self.s.scalars(
-            select(Job).where(Job.status.in_(ACTIVE_STATUSES)).order_by(Job.created_at)
-        ).all()
+    def active(self, project_id: str | None = None) -> Sequence[Job]:
+        q = select(Job).where(Job.status.in_(ACTIVE_STATUSES))
+        if project_id is not None:
+            q = q.where(Job.project_id == project_id)
+        return self.s.scalars(q.order_by(Job.created_at)).all()
 
     def count_by_status(self) -> dict[str, int]:
         rows = self.s.execute(select(Job.status, func.count()).group_by(Job.status)).all()
@@ -307,8 +326,10 @@ class ModelRepository:
         )
         return self.s.scalars(q).first()
 
-    def list(self, limit: int, offset: int) -> Sequence[ModelVersion]:
+    def list(self, limit: int, offset: int, projects: Scope = None) -> Sequence[ModelVersion]:
         q = select(ModelVersion).order_by(ModelVersion.created_at.desc())
+        if projects is not None:
+            q = q.join(Job, Job.id == ModelVersion.job_id).where(Job.project_id.in_(projects))
         return self.s.scalars(q.limit(limit).offset(offset)).all()
 
     def add(self, model: ModelVersion) -> ModelVersion:
@@ -324,8 +345,15 @@ class EndpointRepository:
     def get(self, name: str) -> Endpoint | None:
         return self.s.get(Endpoint, name)
 
-    def list(self) -> Sequence[Endpoint]:
-        return self.s.scalars(select(Endpoint).order_by(Endpoint.name)).all()
+    def list(self, projects: Scope = None) -> Sequence[Endpoint]:
+        q = select(Endpoint).order_by(Endpoint.name)
+        if projects is not None:
+            q = (
+                q.join(ModelVersion, ModelVersion.id == Endpoint.model_id)
+                .join(Job, Job.id == ModelVersion.job_id)
+                .where(Job.project_id.in_(projects))
+            )
+        return self.s.scalars(q).all()
 
     def add(self, endpoint: Endpoint) -> Endpoint:
         self.s.add(endpoint)
@@ -353,12 +381,17 @@ class AuditRepository:
     def get(self, audit_id: str) -> Audit | None:
         return self.s.get(Audit, audit_id)
 
-    def list(self, limit: int, offset: int) -> Sequence[Audit]:
+    def list(self, limit: int, offset: int, projects: Scope = None) -> Sequence[Audit]:
         q = select(Audit).order_by(Audit.created_at.desc(), Audit.id.desc())
+        if projects is not None:
+            q = q.where(Audit.project_id.in_(projects))
         return self.s.scalars(q.limit(limit).offset(offset)).all()
 
-    def count(self) -> int:
-        return self.s.scalar(select(func.count()).select_from(Audit)) or 0
+    def count(self, projects: Scope = None) -> int:
+        q = select(func.count()).select_from(Audit)
+        if projects is not None:
+            q = q.where(Audit.project_id.in_(projects))
+        return self.s.scalar(q) or 0
 
     def add(self, audit: Audit) -> Audit:
         self.s.add(audit)

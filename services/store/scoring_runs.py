@@ -4,12 +4,28 @@ services call these, never ``select``; they only ``flush``, the caller's unit of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.store.models import ScoringRun
-from services.store.repositories import ACTIVE_STATUSES
+from services.store.models import Job, ModelVersion, ScoringRun
+from services.store.repositories import ACTIVE_STATUSES, Scope
+
+
+def _filtered(q: Any, status: str | None, model_id: str | None, projects: Scope) -> Any:
+    if status is not None:
+        q = q.where(ScoringRun.status == status)
+    if model_id is not None:
+        q = q.where(ScoringRun.model_id == model_id)
+    if projects is not None:
+        # A run belongs to its model's job's project.
+        q = (
+            q.join(ModelVersion, ModelVersion.id == ScoringRun.model_id)
+            .join(Job, Job.id == ModelVersion.job_id)
+            .where(Job.project_id.in_(projects))
+        )
+    return q
 
 
 class ScoringRunRepository:
@@ -23,21 +39,19 @@ class ScoringRunRepository:
         return self.s.get(ScoringRun, run_id)
 
     def list(
-        self, status: str | None, model_id: str | None, limit: int, offset: int
+        self,
+        status: str | None,
+        model_id: str | None,
+        limit: int,
+        offset: int,
+        projects: Scope = None,
     ) -> Sequence[ScoringRun]:
         q = select(ScoringRun).order_by(ScoringRun.created_at.desc(), ScoringRun.id.desc())
-        if status is not None:
-            q = q.where(ScoringRun.status == status)
-        if model_id is not None:
-            q = q.where(ScoringRun.model_id == model_id)
+        q = _filtered(q, status, model_id, projects)
         return self.s.scalars(q.limit(limit).offset(offset)).all()
 
-    def count(self, status: str | None, model_id: str | None) -> int:
-        q = select(func.count()).select_from(ScoringRun)
-        if status is not None:
-            q = q.where(ScoringRun.status == status)
-        if model_id is not None:
-            q = q.where(ScoringRun.model_id == model_id)
+    def count(self, status: str | None, model_id: str | None, projects: Scope = None) -> int:
+        q = _filtered(select(func.count()).select_from(ScoringRun), status, model_id, projects)
         return self.s.scalar(q) or 0
 
     def active(self) -> Sequence[ScoringRun]:

@@ -26,6 +26,7 @@ from jobs.spec import MLPSpec, ServingSpec
 from services.core.auth import endpoint_token
 from services.core.datasets import builtin_id
 from services.core.ids import new_id
+from services.core.projects import DEFAULT_PROJECT_ID
 from services.store.models import Endpoint, Job, ModelVersion, PredictionLog
 from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
 from tests.services.conftest import Client
@@ -153,6 +154,7 @@ def serve(
                     "audit": {"sensitive_features": ["sex"]},
                 },
                 dataset_id=ADULT,
+                project_id=DEFAULT_PROJECT_ID,
                 bundle_uri=str(folder),
                 bundle_digest=digest,
                 audit={"passed": True, "positive_label": "yes", "checks": []},

@@ -5,8 +5,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, status
 from fastapi.responses import HTMLResponse, Response
 
-from services.api.deps import CurrentUser, ServicesDep
+from services.api.deps import MAX_OFFSET, CurrentUser, ServicesDep
+from services.api.openapi import errors
 from services.api.reports import ReportFormat, respond
+from services.api.scope import VisibleAudit
 from services.core import audits as audit_service
 from services.core import report
 from services.store.repositories import AuditRepository
@@ -33,30 +35,32 @@ def create_audit(
     feature with one group or no values) is a 422 naming the field; nothing is stored then.
     """
     with services.db.session() as s:
-        return audit_service.audit_predictions(s, body, created_by=user.token_id)
+        return audit_service.audit_predictions(s, body, user.token_id, user)
 
 
 @router.get("")
 def list_audits(
     services: ServicesDep,
-    _: CurrentUser,
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as s:
         repo = AuditRepository(s)
         return {
-            "items": [audit_service.audit_summary(a) for a in repo.list(limit, offset)],
-            "total": repo.count(),
+            "items": [
+                audit_service.audit_summary(a) for a in repo.list(limit, offset, user.projects)
+            ],
+            "total": repo.count(user.projects),
             "limit": limit,
             "offset": offset,
         }
 
 
 # Declared before /{audit_id}, which would otherwise take "aud_x.html" as an id.
-@router.get("/{audit_id}.html", response_class=HTMLResponse)
+@router.get("/{audit_id}.html", response_class=HTMLResponse, responses=errors(409))
 def audit_report(
-    audit_id: str, services: ServicesDep, _: CurrentUser, fmt: ReportFormat = "html"
+    _: CurrentUser, audit_id: VisibleAudit, services: ServicesDep, fmt: ReportFormat = "html"
 ) -> Response:
     """The audit as a self-contained HTML report (plots, summary, model card); ?format=pdf."""
     with services.db.session() as s:
@@ -66,6 +70,6 @@ def audit_report(
 
 
 @router.get("/{audit_id}")
-def show_audit(audit_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_audit(_: CurrentUser, audit_id: VisibleAudit, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         return audit_service.audit_view(audit_service.get_audit(s, audit_id))

@@ -8,10 +8,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from jobs.spec import NAME_PATTERN
-from services.api.deps import CurrentUser, Services, ServicesDep
+from services.api.deps import MAX_OFFSET, CurrentUser, Services, ServicesDep
+from services.api.openapi import errors
+from services.api.scope import VisibleDataset
+from services.core.auth import Principal
 from services.core.dataset_uris import MAX_URI_CHARS
 from services.core.datasets import dataset_view, get_dataset, register_upload, register_uri
 from services.core.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
+from services.core.projects import PROJECT_NAME_PATTERN, project_for_new
 from services.store.repositories import DatasetRepository
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -24,6 +28,8 @@ TARGET_DESCRIPTION = (
     "warns when the smallest class is under a tenth of the largest)."
 )
 _TARGET = Field(None, description=TARGET_DESCRIPTION)
+PROJECT_DESCRIPTION = "The project it belongs to; default: your only project (an admin's: default)."
+_PROJECT = Field(None, pattern=PROJECT_NAME_PATTERN, description=PROJECT_DESCRIPTION)
 
 
 class RegisterByUri(BaseModel):
@@ -40,11 +46,13 @@ class RegisterByUri(BaseModel):
         "percent-escapes, '..', backslashes, query strings, file:// or http(s)://.",
     )
     target: str | None = _TARGET
+    project: str | None = _PROJECT
 
 
 class UploadFields(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     target: str | None = _TARGET
+    project: str | None = _PROJECT
 
 
 DESCRIPTION = """\
@@ -71,10 +79,16 @@ low-cardinality columns, label balance and warnings, among them groups under 30 
 _UPLOAD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file", "name"],
+    "additionalProperties": False,
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "CSV or Parquet"},
         "name": {"type": "string", "pattern": NAME_PATTERN},
         "target": {"type": "string", "description": TARGET_DESCRIPTION},
+        "project": {
+            "type": "string",
+            "pattern": PROJECT_NAME_PATTERN,
+            "description": PROJECT_DESCRIPTION,
+        },
     },
 }
 
@@ -92,9 +106,10 @@ async def _json_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _by_uri(services: Services, req: RegisterByUri) -> dict[str, Any]:
+def _by_uri(services: Services, user: Principal, req: RegisterByUri) -> dict[str, Any]:
     settings = services.settings
     with services.db.session() as s:
+        owner = project_for_new(s, user, req.project, ["project"])
         dataset = register_uri(
             s,
             settings.resolved_artifact_root,
@@ -103,13 +118,17 @@ def _by_uri(services: Services, req: RegisterByUri) -> dict[str, Any]:
             req.uri,
             settings.max_upload_bytes,
             req.target,
+            owner,
         )
         return dataset_view(dataset, detail=True)
 
 
-def _by_upload(services: Services, fields: UploadFields, file: UploadFile) -> dict[str, Any]:
+def _by_upload(
+    services: Services, user: Principal, fields: UploadFields, file: UploadFile
+) -> dict[str, Any]:
     assert file.filename is not None  # checked by the caller
     with services.db.session() as s:
+        owner = project_for_new(s, user, fields.project, ["project"])
         dataset = register_upload(
             s,
             services.settings.resolved_artifact_root,
@@ -118,6 +137,7 @@ def _by_upload(services: Services, fields: UploadFields, file: UploadFile) -> di
             file.file,
             services.settings.max_upload_bytes,
             fields.target,
+            owner,
         )
         return dataset_view(dataset, detail=True)
 
@@ -127,6 +147,7 @@ def _by_upload(services: Services, fields: UploadFields, file: UploadFile) -> di
     status_code=status.HTTP_201_CREATED,
     summary="Register a dataset (upload or URI)",
     description=DESCRIPTION,
+    responses=errors(415),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -137,7 +158,9 @@ def _by_upload(services: Services, fields: UploadFields, file: UploadFile) -> di
         }
     },
 )
-async def create_dataset(request: Request, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+async def create_dataset(
+    request: Request, services: ServicesDep, user: CurrentUser
+) -> dict[str, Any]:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
         try:
@@ -145,23 +168,32 @@ async def create_dataset(request: Request, services: ServicesDep, _: CurrentUser
         except ValidationError as exc:
             raise Invalid("the request is invalid", _fields(exc)) from exc
         # Hashing and parsing block: off the event loop.
-        return await run_in_threadpool(_by_uri, services, req)
+        return await run_in_threadpool(_by_uri, services, user, req)
     if media == "multipart/form-data":
         async with request.form(max_files=1, max_fields=10) as form:
             file = form.get("file")
             problems: list[dict[str, Any]] = []
+            problems += [
+                {"loc": [k], "msg": "Extra inputs are not permitted"}
+                for k in dict.fromkeys(form.keys())
+                if k not in _UPLOAD_SCHEMA["properties"]
+            ]
             if not isinstance(file, UploadFile):
                 problems.append({"loc": ["file"], "msg": "Field required"})
             elif not file.filename:
                 problems.append({"loc": ["file"], "msg": "the upload has no file name"})
-            raw = {k: v for k in ("name", "target") if isinstance(v := form.get(k), str) and v}
+            raw = {
+                k: v
+                for k in ("name", "target", "project")
+                if isinstance(v := form.get(k), str) and v
+            }
             try:
                 fields = UploadFields.model_validate(raw)
             except ValidationError as exc:
                 problems += _fields(exc)
             if problems or not isinstance(file, UploadFile):
                 raise Invalid("the request is invalid", problems)
-            return await run_in_threadpool(_by_upload, services, fields, file)
+            return await run_in_threadpool(_by_upload, services, user, fields, file)
     raise UnsupportedMediaType(
         f"send multipart/form-data (an upload) or application/json (a URI), not '{media}'"
     )
@@ -170,24 +202,26 @@ async def create_dataset(request: Request, services: ServicesDep, _: CurrentUser
 @router.get("")
 def list_datasets(
     services: ServicesDep,
-    _: CurrentUser,
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """Built-in datasets, then the newest first; without their quality reports (see
     `GET /v1/datasets/{id}`)."""
     with services.db.session() as s:
         repo = DatasetRepository(s)
         return {
-            "items": [dataset_view(d) for d in repo.list(limit, offset)],
-            "total": repo.count(),
+            "items": [dataset_view(d) for d in repo.list(limit, offset, user.projects)],
+            "total": repo.count(user.projects),
             "limit": limit,
             "offset": offset,
         }
 
 
 @router.get("/{dataset_id}")
-def show_dataset(dataset_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_dataset(
+    _: CurrentUser, dataset_id: VisibleDataset, services: ServicesDep
+) -> dict[str, Any]:
     """One dataset with its data quality report (`quality`)."""
     with services.db.session() as s:
         return dataset_view(get_dataset(s, dataset_id), detail=True)

@@ -11,11 +11,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.api.deps import Admin, ServicesDep, Viewer
+from services.api.deps import MAX_ID, Admin, ServicesDep, Viewer
+from services.api.openapi import errors
 from services.core import tokens as token_service
 from services.core.errors import Invalid
+from services.core.projects import DEFAULT_PROJECT, names_of
 from services.core.tokens import MAX_TOKEN_DAYS, USER_NAME_PATTERN
 from services.store.repositories import AuditLogRepository, TokenRepository, UserRepository
 
@@ -35,10 +37,15 @@ class NewUser(BaseModel):
         "feedback, batch scoring; approver: also promote (canaries included), roll back and "
         "override gates; admin: also users, everyone's tokens and the audit log.",
     )
+    projects: list[str] = Field(
+        default_factory=lambda: [DEFAULT_PROJECT],
+        max_length=100,
+        description="Names of the projects the user sees and works in (an admin sees all).",
+    )
 
 
 class UserChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Role | None = None
     disabled: bool | None = Field(
@@ -47,7 +54,7 @@ class UserChange(BaseModel):
 
 
 class NewToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=100, description="What the token is for.")
     user_id: str | None = Field(
@@ -74,18 +81,23 @@ def _resync(request: Request, services: ServicesDep) -> None:
 
 @router.get("/me")
 def me(services: ServicesDep, caller: Viewer) -> dict[str, Any]:
-    """The caller: their user and the token they used."""
+    """The caller: their user, the token they used, and the projects they see (an admin:
+    every project)."""
     with services.db.session() as s:
         user = UserRepository(s).get(caller.user_id)
         token = TokenRepository(s).get(caller.token_id)
         assert user is not None and token is not None
-        return {**token_service.user_view(user), "token": token_service.token_view(token)}
+        return {
+            **token_service.user_view(user),
+            "token": token_service.token_view(token),
+            "projects": names_of(s, caller.projects),
+        }
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED)
+@router.post("/users", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def create_user(body: NewUser, services: ServicesDep, _: Admin) -> dict[str, Any]:
     """A new user without tokens: create one with POST /v1/tokens and its ``user_id``."""
-    return token_service.create_user(services.db, body.name, body.role)
+    return token_service.create_user(services.db, body.name, body.role, body.projects)
 
 
 @router.get("/users")
@@ -93,7 +105,7 @@ def list_users(services: ServicesDep, _: Admin) -> dict[str, Any]:
     return {"items": token_service.list_users(services.db)}
 
 
-@router.patch("/users/{user_id}")
+@router.patch("/users/{user_id}", responses=errors(409))
 def update_user(
     user_id: str,
     body: UserChange,
@@ -109,7 +121,7 @@ def update_user(
     return view
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def create_token(
     body: NewToken,
     request: Request,
@@ -153,13 +165,29 @@ def revoke_token(
     return view
 
 
+def _not_a_number(value: Any) -> Any:
+    """A time in ISO 8601 only: pydantic alone takes a number as seconds since 1970 (in UTC,
+    so a zone the caller never gave)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("an ISO 8601 time with a zone, e.g. 2026-01-31T00:00:00Z, not a number")
+    return value
+
+
 @router.get("/audit-log")
 def audit_log(
     services: ServicesDep,
     _: Admin,
     actor: Annotated[str | None, Query(description="A user's id or name.")] = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601, with a zone.")] = None,
-    before: Annotated[int | None, Query(ge=1, description="Entries older than this id.")] = None,
+    since: Annotated[
+        datetime | None, BeforeValidator(_not_a_number), Query(description="ISO 8601, with a zone.")
+    ] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Entries older than this id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """State-changing requests, newest first: who (user, token), what (method, path, route,

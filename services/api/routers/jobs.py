@@ -8,10 +8,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, status
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import Approver, CurrentUser, ServicesDep
+from services.api.deps import MAX_ID, MAX_OFFSET, Approver, CurrentUser, ServicesDep
+from services.api.openapi import errors
 from services.api.reports import ReportFormat, respond
+from services.api.scope import VisibleJob
 from services.core import idempotency, report
 from services.core import jobs as job_service
 from services.core.errors import DomainError, Invalid
@@ -55,7 +57,8 @@ def submit_job(
         if earlier is not None:
             return _replayed(services, response, earlier)
     with services.db.session() as s:
-        valid = job_service.validate_spec(s, spec)
+        valid = job_service.validate_spec(s, spec, user)
+        project_id = job_service.project_of_new_job(s, user, valid).id
     if not services.settings.ray_autoscaling:
         try:
             nodes = services.gateway.node_resources()
@@ -68,13 +71,13 @@ def submit_job(
             user.user_id,
             key,
             digest,
-            lambda s: job_service.create_job(s, valid, created_by=user.token_id),
+            lambda s: job_service.create_job(s, valid, user.token_id, project_id),
         )
         if not new:
             return _replayed(services, response, job_id)
     else:
         with services.db.session() as s:
-            job = job_service.create_job(s, valid, created_by=user.token_id)
+            job = job_service.create_job(s, valid, user.token_id, project_id)
             job_id = job.id
     # After the commit: the reconciler launches it (and would, after a crash, on restart).
     services.reconciler.wake()
@@ -91,39 +94,42 @@ def _replayed(services: ServicesDep, response: Response, job_id: str) -> dict[st
 @router.get("")
 def list_jobs(
     services: ServicesDep,
-    _: CurrentUser,
+    user: CurrentUser,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as s:
         repo = JobRepository(s)
-        items = [job_service.job_view(j) for j in repo.list(status_filter, limit, offset)]
+        jobs = repo.list(status_filter, limit, offset, user.projects)
+        waits = job_service.waits_of(s, jobs)
         return {
-            "items": items,
-            "total": repo.count(status_filter),
+            "items": [job_service.job_view(j, waits) for j in jobs],
+            "total": repo.count(status_filter, user.projects),
             "limit": limit,
             "offset": offset,
         }
 
 
 @router.get("/{job_id}")
-def show_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_job(_: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         return job_service.job_view(job_service.get_job(s, job_id))
 
 
 @router.get("/{job_id}/trials")
-def job_trials(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def job_trials(_: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         job_service.get_job(s, job_id)
         return {"job_id": job_id, "items": job_service.trials_view(s, job_id)}
 
 
-@router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
-    """Stop a queued or running job. Its Ray job is stopped after the status is recorded."""
+@router.post("/{job_id}/cancel", responses=errors(409))
+def cancel_job(user: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
+    """Stop a queued or running job (a member: one they submitted). Its Ray job is stopped
+    after the status is recorded."""
     with services.db.session() as s:
+        job_service.check_owner(s, user, job_service.get_job(s, job_id).created_by, "cancel")
         job = job_service.request_cancel(s, job_id)
         view = job_service.job_view(job)
         submitted = job.submitted_at is not None
@@ -134,20 +140,21 @@ def cancel_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, 
     return view
 
 
-@router.post("/{job_id}/resume")
-def resume_job(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+@router.post("/{job_id}/resume", responses=errors(409))
+def resume_job(user: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
     """Relaunch a job whose driver was lost; the search continues from its stored state."""
     with services.db.session() as s:
+        job_service.check_owner(s, user, job_service.get_job(s, job_id).created_by, "resume")
         view = job_service.job_view(job_service.resume_job(s, job_id))
     services.reconciler.wake()
     return view
 
 
-@router.get("/{job_id}/logs")
+@router.get("/{job_id}/logs", responses=errors(502))
 def job_logs(
-    job_id: str,
-    services: ServicesDep,
     _: CurrentUser,
+    job_id: VisibleJob,
+    services: ServicesDep,
     tail: Annotated[int, Query(ge=1, le=1_000_000, description="Last characters")] = 20_000,
 ) -> dict[str, Any]:
     """The end of the job driver's output (its latest attempt), as Ray's Jobs API keeps it."""
@@ -160,8 +167,8 @@ def job_logs(
     return {"job_id": job_id, "attempt": attempt, "logs": logs}
 
 
-@router.get("/{job_id}/evaluation")
-def job_evaluation(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+@router.get("/{job_id}/evaluation", responses=errors(409))
+def job_evaluation(_: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
     """Test-split metrics and confusion matrix of the job's best model; with
     promotion.compress or .prune, ``compression`` compares the compressed variant with it
     (size, latency, metrics, audit) and holds the variant's own evaluation and audit."""
@@ -169,16 +176,16 @@ def job_evaluation(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[s
         return job_service.require_result(job_service.get_job(s, job_id), "evaluation")
 
 
-@router.get("/{job_id}/audit")
-def job_audit(job_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+@router.get("/{job_id}/audit", responses=errors(409))
+def job_audit(_: CurrentUser, job_id: VisibleJob, services: ServicesDep) -> dict[str, Any]:
     """Fairness audit of the best model on the test split."""
     with services.db.session() as s:
         return job_service.require_result(job_service.get_job(s, job_id), "audit")
 
 
-@router.get("/{job_id}/audit.html", response_class=HTMLResponse)
+@router.get("/{job_id}/audit.html", response_class=HTMLResponse, responses=errors(409))
 def job_audit_report(
-    job_id: str, services: ServicesDep, _: CurrentUser, fmt: ReportFormat = "html"
+    _: CurrentUser, job_id: VisibleJob, services: ServicesDep, fmt: ReportFormat = "html"
 ) -> Response:
     """The audit as a self-contained HTML report (plots, summary, model card); ?format=pdf."""
     with services.db.session() as s:
@@ -191,11 +198,13 @@ def job_audit_report(
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
 async def job_events(
-    job_id: str,
-    services: ServicesDep,
     _: CurrentUser,
+    job_id: VisibleJob,
+    services: ServicesDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Resume after this event id")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events: the job's stored history, then live progress until it ends.
 
@@ -241,7 +250,7 @@ def _parse_event_id(value: str | None) -> int:
     if value is None:
         return 0
     try:
-        return max(0, int(value))
+        return min(max(0, int(value)), MAX_ID)
     except ValueError:
         raise Invalid(
             "Last-Event-ID must be an event id",
@@ -250,6 +259,8 @@ def _parse_event_id(value: str | None) -> int:
 
 
 class TrafficShare(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     new: int = Field(
         100,
         ge=1,
@@ -261,6 +272,9 @@ class TrafficShare(BaseModel):
 
 
 class PromoteRequest(BaseModel):
+    # Strict: a JSON true is not the number 1, nor the string "yes" an override.
+    model_config = ConfigDict(strict=True)
+
     endpoint: str = Field(description="Endpoint name: lower-case letters, digits, '-'.")
     override: bool = Field(
         False,
@@ -289,9 +303,9 @@ class PromoteRequest(BaseModel):
     )
 
 
-@router.post("/{job_id}/promote")
+@router.post("/{job_id}/promote", responses=errors(409, 502))
 def promote_job(
-    job_id: str, body: PromoteRequest, services: ServicesDep, user: Approver
+    user: Approver, job_id: VisibleJob, body: PromoteRequest, services: ServicesDep
 ) -> dict[str, Any]:
     """Register the job's best model, check the spec's promotion gates (409 listing each failed
     check with its numbers, unless overridden with a reason), and serve it at the endpoint: the

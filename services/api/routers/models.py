@@ -4,7 +4,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api.deps import Approver, CurrentUser, ServicesDep
+from services.api.deps import MAX_OFFSET, Approver, CurrentUser, ServicesDep
+from services.api.openapi import errors
+from services.api.scope import VisibleEndpoint, VisibleModel
 from services.core.errors import NotFound
 from services.core.promotion import endpoint_view, model_view, rollback
 from services.store.repositories import EndpointRepository, JobRepository, ModelRepository
@@ -15,21 +17,22 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get("/models")
 def list_models(
     services: ServicesDep,
-    _: CurrentUser,
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as s:
         jobs = JobRepository(s)
         return {
             "items": [
-                model_view(m, jobs.get(m.job_id)) for m in ModelRepository(s).list(limit, offset)
+                model_view(m, jobs.get(m.job_id))
+                for m in ModelRepository(s).list(limit, offset, user.projects)
             ]
         }
 
 
 @router.get("/models/{model_id}")
-def show_model(model_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_model(_: CurrentUser, model_id: VisibleModel, services: ServicesDep) -> dict[str, Any]:
     """A model version with its lineage: job, trial, spec, dataset sha256, bundle digest, code
     version, metrics, audit verdict and the parent model it started from."""
     with services.db.session() as s:
@@ -40,19 +43,21 @@ def show_model(model_id: str, services: ServicesDep, _: CurrentUser) -> dict[str
 
 
 @router.get("/endpoints")
-def list_endpoints(services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def list_endpoints(services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     with services.db.session() as s:
-        names = [e.name for e in EndpointRepository(s).list()]
+        names = [e.name for e in EndpointRepository(s).list(user.projects)]
     return {"items": [endpoint_view(services.db, services.deployer, n) for n in names]}
 
 
 @router.get("/endpoints/{name}")
-def show_endpoint(name: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_endpoint(_: CurrentUser, name: VisibleEndpoint, services: ServicesDep) -> dict[str, Any]:
     return endpoint_view(services.db, services.deployer, name)
 
 
-@router.post("/endpoints/{name}/rollback")
-def rollback_endpoint(name: str, services: ServicesDep, user: Approver) -> dict[str, Any]:
+@router.post("/endpoints/{name}/rollback", responses=errors(409, 502))
+def rollback_endpoint(
+    user: Approver, name: VisibleEndpoint, services: ServicesDep
+) -> dict[str, Any]:
     """Serve the version the current one replaced: it starts and must predict on its sample
     rows before traffic moves back (waits until it answers); 409 when there is none."""
     return rollback(services.db, services.deployer, name, actor=user.name)

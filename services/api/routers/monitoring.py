@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 
-from services.api.deps import CurrentUser, ServicesDep
+from services.api.deps import MAX_ID, CurrentUser, ServicesDep
+from services.api.scope import VisibleEndpoint
 from services.core.auth import bearer, check_endpoint_token
 from services.core.monitoring import FeedbackBatch, Monitor, PredictionBatch
 
@@ -46,7 +47,7 @@ def post_predictions(
 
 @router.post("/endpoints/{name}/feedback")
 def post_feedback(
-    name: str, batch: FeedbackBatch, monitor: MonitorDep, _: CurrentUser
+    _: CurrentUser, name: VisibleEndpoint, batch: FeedbackBatch, monitor: MonitorDep
 ) -> dict[str, Any]:
     """Ground-truth labels of logged predictions, by request id and the instance's index in
     that request (0 by default): ``{matched, unmatched}``. A prediction that was not sampled
@@ -55,7 +56,7 @@ def post_feedback(
 
 
 @router.get("/endpoints/{name}/monitoring")
-def get_monitoring(name: str, monitor: MonitorDep, _: CurrentUser) -> dict[str, Any]:
+def get_monitoring(_: CurrentUser, name: VisibleEndpoint, monitor: MonitorDep) -> dict[str, Any]:
     """Live figures over the endpoint's ``monitoring_window`` most recent logged predictions,
     per model version: requests, latency percentiles, prediction distribution, live accuracy
     (with the number of labelled rows), live fairness per sensitive feature, PSI drift per
@@ -65,10 +66,10 @@ def get_monitoring(name: str, monitor: MonitorDep, _: CurrentUser) -> dict[str, 
 
 @router.get("/endpoints/{name}/events")
 def get_endpoint_events(
-    name: str,
-    monitor: MonitorDep,
     _: CurrentUser,
-    after: Annotated[int, Query(ge=0, description="Events with a larger id only.")] = 0,
+    name: VisibleEndpoint,
+    monitor: MonitorDep,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Events with a larger id only.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """The endpoint's monitoring events, oldest first: drift alerts raised and cleared."""

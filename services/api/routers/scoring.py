@@ -12,10 +12,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from services.api.deps import CurrentUser, ServicesDep
+from services.api.deps import MAX_OFFSET, CurrentUser, ServicesDep
+from services.api.openapi import errors
+from services.api.scope import VisibleEndpoint, VisibleModel, VisibleScoringRun
 from services.core import scoring
+from services.core.auth import Principal
 from services.core.errors import DomainError
+from services.core.jobs import check_owner
+from services.core.projects import require_visible, same_project
 from services.store.models import ModelVersion
+from services.store.projects import ProjectRepository
 from services.store.scoring_runs import ScoringRunRepository
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
@@ -26,14 +32,19 @@ PARQUET = "application/vnd.apache.parquet"
 
 def _submit(
     services: ServicesDep,
-    created_by: str,
+    user: Principal,
     find_model: Callable[[Session], ModelVersion],
     endpoint: str | None,
     req: scoring.ScoringRequest,
 ) -> dict[str, Any]:
+    created_by = user.token_id
     with services.db.session() as s:
         model = find_model(s)
         model_id = model.id
+        # The rows scored, and the predictions, stay in the model's project.
+        in_project = require_visible(s, user, "dataset", req.dataset_id, ["dataset_id"])
+        owner = ProjectRepository(s).of_model(model_id) or ""
+        same_project(owner, in_project, "dataset", req.dataset_id, ["dataset_id"])
         dataset = scoring.dataset_or_field_error(s, req.dataset_id)
         scoring.check_request(model, dataset, req)
     if not services.settings.ray_autoscaling:
@@ -58,55 +69,62 @@ def _submit(
     return {"id": run_id, "status": "queued"}
 
 
-@router.post("/endpoints/{name}/batch", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/endpoints/{name}/batch", status_code=status.HTTP_202_ACCEPTED, responses=errors(409))
 def score_with_endpoint(
-    name: str, req: scoring.ScoringRequest, services: ServicesDep, user: CurrentUser
+    user: CurrentUser, name: VisibleEndpoint, req: scoring.ScoringRequest, services: ServicesDep
 ) -> dict[str, Any]:
     """Score every row of a dataset with the model the endpoint serves now, on Ray Data, as
     the endpoint would answer each row. 202 ``{id, status: "queued"}``; follow it at
     ``GET /v1/scoring/{id}``."""
-    return _submit(services, user.token_id, lambda s: scoring.endpoint_model(s, name), name, req)
+    return _submit(services, user, lambda s: scoring.endpoint_model(s, name), name, req)
 
 
-@router.post("/models/{model_id}/score", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/models/{model_id}/score", status_code=status.HTTP_202_ACCEPTED, responses=errors(409)
+)
 def score_with_model(
-    model_id: str, req: scoring.ScoringRequest, services: ServicesDep, user: CurrentUser
+    user: CurrentUser, model_id: VisibleModel, req: scoring.ScoringRequest, services: ServicesDep
 ) -> dict[str, Any]:
     """Score every row of a dataset with a model version, served or not."""
-    return _submit(services, user.token_id, lambda s: scoring.get_model(s, model_id), None, req)
+    return _submit(services, user, lambda s: scoring.get_model(s, model_id), None, req)
 
 
 @router.get("/scoring")
 def list_runs(
     services: ServicesDep,
-    _: CurrentUser,
+    user: CurrentUser,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     model_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as s:
         repo = ScoringRunRepository(s)
         return {
             "items": [
-                scoring.run_view(r) for r in repo.list(status_filter, model_id, limit, offset)
+                scoring.run_view(r)
+                for r in repo.list(status_filter, model_id, limit, offset, user.projects)
             ],
-            "total": repo.count(status_filter, model_id),
+            "total": repo.count(status_filter, model_id, user.projects),
             "limit": limit,
             "offset": offset,
         }
 
 
 @router.get("/scoring/{run_id}")
-def show_run(run_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+def show_run(_: CurrentUser, run_id: VisibleScoringRun, services: ServicesDep) -> dict[str, Any]:
     """Status, progress (rows done of rows total), where the result is, and any error."""
     with services.db.session() as s:
         return scoring.run_view(scoring.get_run(s, run_id))
 
 
-@router.post("/scoring/{run_id}/cancel")
-def cancel_run(run_id: str, services: ServicesDep, _: CurrentUser) -> dict[str, Any]:
+@router.post("/scoring/{run_id}/cancel", responses=errors(409))
+def cancel_run(
+    user: CurrentUser, run_id: VisibleScoringRun, services: ServicesDep
+) -> dict[str, Any]:
+    """Stop a queued or running run (a member: one they asked for)."""
     with services.db.session() as s:
+        check_owner(s, user, scoring.get_run(s, run_id).created_by, "cancel")
         view = scoring.run_view(scoring.request_cancel(s, run_id))
     # If Ray does not answer now, the driver's later reports are ignored (the run is settled).
     with contextlib.suppress(DomainError):
@@ -125,14 +143,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-@router.get("/scoring/{run_id}/result", response_model=None)
+@router.get("/scoring/{run_id}/result", response_model=None, responses=errors(409))
 def run_result(
-    run_id: str,
-    services: ServicesDep,
     _: CurrentUser,
+    run_id: VisibleScoringRun,
+    services: ServicesDep,
     format: Annotated[Literal["parquet", "json"], Query()] = "parquet",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> FileResponse | dict[str, Any]:
     """The result of a run that succeeded: the Parquet file (``row``, the carried columns,
     ``prediction``, and ``probabilities`` or ``anomaly_score`` where the task has them), or
