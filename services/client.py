@@ -59,12 +59,13 @@ class Crucible:
         return r.json()
 
     # datasets
-    def upload_dataset(self, path: str | Path, name: str) -> dict[str, Any]:
+    def upload_dataset(
+        self, path: str | Path, name: str, project: str | None = None
+    ) -> dict[str, Any]:
         p = Path(path)
+        data = {"name": name, **({"project": project} if project else {})}
         with p.open("rb") as f:
-            return self._call(
-                "POST", "/v1/datasets", files={"file": (p.name, f)}, data={"name": name}
-            )
+            return self._call("POST", "/v1/datasets", files={"file": (p.name, f)}, data=data)
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/datasets")["items"]
@@ -298,8 +299,34 @@ class Crucible:
     def users(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/users")["items"]
 
-    def create_user(self, name: str, role: str = "viewer") -> dict[str, Any]:
-        return self._call("POST", "/v1/users", json={"name": name, "role": role})
+    def create_user(
+        self, name: str, role: str = "viewer", projects: list[str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if projects is not None:
+            body["projects"] = projects
+        return self._call("POST", "/v1/users", json=body)
+
+    # projects
+    def projects(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/projects")["items"]
+
+    def project(self, name: str) -> dict[str, Any]:
+        """Quotas, usage now, and members."""
+        return self._call("GET", f"/v1/projects/{name}")
+
+    def create_project(self, name: str, **quotas: Any) -> dict[str, Any]:
+        return self._call("POST", "/v1/projects", json={"name": name, **quotas})
+
+    def set_quotas(self, name: str, **quotas: Any) -> dict[str, Any]:
+        """The quotas given (None removes a limit); others stay."""
+        return self._call("PATCH", f"/v1/projects/{name}", json=quotas)
+
+    def add_member(self, project: str, user: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/projects/{project}/members", json={"user": user})
+
+    def remove_member(self, project: str, user_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/projects/{project}/members/{user_id}")
 
     def update_user(
         self, user_id: str, role: str | None = None, disabled: bool | None = None

@@ -16,3 +16,4 @@ from services.cli import identity  # noqa: F401  (tokens, users, audit-log)
 # isort: on
 
 __all__ = ["app"]
+from services.cli import projects  # noqa: F401  (projects)

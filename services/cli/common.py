@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -42,6 +42,10 @@ tokens_app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_he
 app.add_typer(tokens_app, name="tokens")
 users_app = typer.Typer(help="Users and their roles (admins).", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+projects_app = typer.Typer(
+    help="Projects: who sees what, and quotas (changes: admins).", no_args_is_help=True
+)
+app.add_typer(projects_app, name="projects")
 console = Console()
 
 DEFAULT_DATA_DIR = Path.home() / ".crucible"
@@ -50,6 +54,10 @@ TokenOpt = Annotated[
     str | None, typer.Option(envvar="CRUCIBLE_TOKEN", help="API token (default: <data-dir>/token).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(help="The project it goes into; default: your only one (an admin's: default)."),
+]
 
 
 def _client(url: str, token: str | None) -> Crucible:
@@ -84,6 +92,19 @@ def _run(call: Callable[[], Any], as_json: bool) -> None:
     except CrucibleError as exc:
         _fail(exc)
     _out(result, as_json)
+
+
+def _show(call: Callable[[], Any], as_json: bool, lines: Callable[[Any], Iterable[str]]) -> None:
+    """Call the API; print the answer as JSON with --json, else as ``lines`` make it."""
+    try:
+        result = call()
+    except CrucibleError as exc:
+        _fail(exc)
+    if as_json:
+        _out(result, True)
+        return
+    for line in lines(result):
+        console.print(line, highlight=False)
 
 
 def _key_values(items: list[str], option: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from services.cli.common import (
     _client,
     _fail,
     _out,
+    _show,
     app,
     console,
     tokens_app,
@@ -63,15 +64,11 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Your tokens (an admin: everyone's); never their secrets."""
-    try:
-        items = _client(url, token).tokens(user)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for t in items:
-        console.print(_token_line(t), highlight=False)
+    _show(
+        lambda: _client(url, token).tokens(user),
+        as_json,
+        lambda items: [_token_line(t) for t in items],
+    )
 
 
 @tokens_app.command("revoke")
@@ -82,14 +79,7 @@ def tokens_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a token (yours; an admin: anyone's): refused from now on, serving included."""
-    try:
-        t = _client(url, token).revoke_token(token_id)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(t, True)
-        return
-    console.print(_token_line(t), highlight=False)
+    _show(lambda: _client(url, token).revoke_token(token_id), as_json, lambda t: [_token_line(t)])
 
 
 class UserRole(StrEnum):
@@ -110,34 +100,29 @@ def users_create(
     role: Annotated[UserRole, typer.Option(help="What the user's tokens may do.")] = (
         UserRole.viewer
     ),
+    project: Annotated[
+        list[str] | None,
+        typer.Option("--project", help="A project they work in (repeat); default: default."),
+    ] = None,
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user (then give them a token: crucible tokens create NAME --user ID)."""
-    try:
-        u = _client(url, token).create_user(name, role.value)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(u, True)
-        return
-    console.print(_user_line(u), highlight=False)
+    _show(
+        lambda: _client(url, token).create_user(name, role.value, project or None),
+        as_json,
+        lambda u: [f"{_user_line(u)}  projects {', '.join(u['projects']) or '-'}"],
+    )
 
 
 @users_app.command("list")
 def users_list(
     url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
-    try:
-        items = _client(url, token).users()
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for u in items:
-        console.print(_user_line(u), highlight=False)
+    _show(
+        lambda: _client(url, token).users(), as_json, lambda items: [_user_line(u) for u in items]
+    )
 
 
 @users_app.command("update")
@@ -153,14 +138,11 @@ def users_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a user's role, or disable (enable) them."""
-    try:
-        u = _client(url, token).update_user(user_id, role.value if role else None, disabled)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(u, True)
-        return
-    console.print(_user_line(u), highlight=False)
+    _show(
+        lambda: _client(url, token).update_user(user_id, role.value if role else None, disabled),
+        as_json,
+        lambda u: [_user_line(u)],
+    )
 
 
 @app.command("audit-log")

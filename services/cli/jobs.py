@@ -13,12 +13,14 @@ import yaml
 
 from services.cli.common import (
     JsonOpt,
+    ProjectOpt,
     TokenOpt,
     UrlOpt,
     _client,
     _fail,
     _out,
     _run,
+    _show,
     app,
     console,
     datasets_app,
@@ -31,27 +33,27 @@ from services.client import CrucibleError
 def datasets_upload(
     path: Path,
     name: str,
+    project: ProjectOpt = None,
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a CSV or Parquet file."""
-    _run(lambda: _client(url, token).upload_dataset(path, name), as_json)
+    _run(lambda: _client(url, token).upload_dataset(path, name, project), as_json)
 
 
 @datasets_app.command("list")
 def datasets_list(
     url: UrlOpt = "http://127.0.0.1:8080", token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
-    try:
-        items = _client(url, token).datasets()
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for d in items:
-        console.print(f"{d['id']}  {d['name']}  {d['num_rows']} rows  {len(d['columns'])} columns")
+    _show(
+        lambda: _client(url, token).datasets(),
+        as_json,
+        lambda items: [
+            f"{d['id']}  {d['name']}  {d['num_rows']} rows  {len(d['columns'])} columns"
+            for d in items
+        ],
+    )
 
 
 def _load_spec(path: Path) -> dict[str, Any]:
@@ -71,14 +73,18 @@ def _load_spec(path: Path) -> dict[str, Any]:
 def submit(
     spec: Path,
     follow: Annotated[bool, typer.Option("--follow")] = False,
+    project: ProjectOpt = None,
     url: UrlOpt = "http://127.0.0.1:8080",
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job spec (YAML or JSON); --follow prints progress until it ends."""
     client = _client(url, token)
+    body = _load_spec(spec)
+    if project is not None:
+        body["project"] = project
     try:
-        job = client.submit_job(_load_spec(spec))
+        job = client.submit_job(body)
     except CrucibleError as exc:
         _fail(exc)
     if not follow:
@@ -99,15 +105,11 @@ def jobs_list(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    try:
-        items = _client(url, token).jobs(status)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for j in items:
-        console.print(f"{j['id']}  {j['status']:<10} {j['name']}")
+    _show(
+        lambda: _client(url, token).jobs(status),
+        as_json,
+        lambda items: [f"{j['id']}  {j['status']:<10} {j['name']}" for j in items],
+    )
 
 
 @jobs_app.command("show")

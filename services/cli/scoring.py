@@ -16,6 +16,7 @@ from services.cli.common import (
     _fail,
     _out,
     _run,
+    _show,
     app,
     console,
     scoring_app,
@@ -116,15 +117,13 @@ def scoring_list(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    try:
-        items = _client(url, token).scoring_runs(status)
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for run in items:
-        console.print(scoring_summary({**run, "output_uri": None, "error": None}))
+    _show(
+        lambda: _client(url, token).scoring_runs(status),
+        as_json,
+        lambda items: [
+            scoring_summary({**run, "output_uri": None, "error": None}) for run in items
+        ],
+    )
 
 
 @scoring_app.command("show")

@@ -19,6 +19,7 @@ from services.cli.common import (
     _key_values,
     _out,
     _run,
+    _show,
     app,
     console,
     endpoints_app,
@@ -40,15 +41,13 @@ def endpoints_list(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    try:
-        items = _client(url, token).endpoints()
-    except CrucibleError as exc:
-        _fail(exc)
-    if as_json:
-        _out(items, True)
-        return
-    for e in items:
-        console.print(f"{e['name']:<24} {e.get('model_id', '')}  {e.get('url', '')}")
+    _show(
+        lambda: _client(url, token).endpoints(),
+        as_json,
+        lambda items: [
+            f"{e['name']:<24} {e.get('model_id', '')}  {e.get('url', '')}" for e in items
+        ],
+    )
 
 
 @endpoints_app.command("show")

@@ -8,18 +8,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from services import cli
 from services.api.app import create_app
-from services.cli import identity
+from services.cli import identity, projects
+from services.cli import jobs as cli_jobs
 from services.client import Crucible, CrucibleError
 from services.config import Settings
+from services.store.db import MIGRATIONS
 
 ADMIN = "test-admin-token"
 run = CliRunner().invoke
+HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 def test_db_upgrade_prints_the_revision_before_and_after(database_url: str, tmp_path: Path) -> None:
@@ -27,16 +31,16 @@ def test_db_upgrade_prints_the_revision_before_and_after(database_url: str, tmp_
     r = run(cli.app, args)
     assert r.exit_code == 0, r.output
     first = json.loads(r.output)
-    assert first["before"] is None and first["after"] == "0008"
+    assert first["before"] is None and first["after"] == HEAD
     r = run(cli.app, args)
     assert json.loads(r.output) | {"database": ""} == {
         "database": "",
-        "before": "0008",
-        "after": "0008",
+        "before": HEAD,
+        "after": HEAD,
     }
     # --data-dir's SQLite when no URL is given; human output.
     r = run(cli.app, ["db", "upgrade", "--data-dir", str(tmp_path / "d")], env={})
-    assert r.exit_code == 0 and "empty -> 0008" in r.output, r.output
+    assert r.exit_code == 0 and f"empty -> {HEAD}" in r.output, r.output
     assert (tmp_path / "d" / "crucible.db").exists()
 
 
@@ -102,3 +106,44 @@ def test_users_and_tokens_through_the_cli_and_sdk(
     assert routes[0] == "/v1/users/{user_id}" and "/v1/tokens" in routes
     r = run(cli.app, ["audit-log", "--token", made["token"]])
     assert r.exit_code == 2 and "401" in r.output
+
+
+def test_projects_through_the_cli_and_sdk(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for module in (identity, projects, cli_jobs):
+        monkeypatch.setattr(module, "_client", lambda url, token: sdk(app, token or ADMIN))
+    r = run(
+        cli.app,
+        [
+            "projects",
+            "create",
+            "vision",
+            "--quota",
+            "max_concurrent_jobs=1",
+            "--quota",
+            "max_gpus=4",
+        ],
+        terminal_width=200,
+    )
+    assert r.exit_code == 0 and "concurrent_jobs=1, gpus=4" in r.output, r.output
+    r = run(cli.app, ["projects", "create", "Vision"])
+    assert r.exit_code == 2 and "422" in r.output
+    r = run(cli.app, ["users", "create", "vera", "--role", "member", "--project", "vision"])
+    assert r.exit_code == 0 and "projects vision" in r.output, r.output
+    vera = sdk(app, ADMIN).create_token("t", sdk(app, ADMIN).users()[-1]["id"])["token"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: j\ndataset: {id: ds_builtin_adult, target: income}\n")
+    r = run(cli.app, ["submit", str(spec), "--token", vera, "--json"])
+    assert r.exit_code == 0, r.output
+    r = run(cli.app, ["submit", str(spec), "--token", vera])
+    assert r.exit_code == 2 and "quota max_concurrent_jobs" in r.output, r.output
+    r = run(cli.app, ["projects", "show", "vision", "--token", vera], terminal_width=200)
+    assert r.exit_code == 0 and "in use: 1 job(s)" in r.output and "vera (member)" in r.output
+    r = run(cli.app, ["projects", "quota", "vision", "--quota", "max_concurrent_jobs=null"])
+    assert r.exit_code == 0 and "concurrent_jobs" not in r.output.split("\n")[0], r.output
+    # Someone else's project does not exist for vera; the default one is not hers.
+    r = run(cli.app, ["submit", str(spec), "--project", "default", "--token", vera])
+    assert r.exit_code == 2 and "no project 'default'" in r.output
+    r = run(cli.app, ["projects", "list", "--token", vera, "--json"])
+    assert [p["name"] for p in json.loads(r.output)] == ["vision"]
