@@ -18,6 +18,11 @@ import httpx
 
 from services.core.errors import UpstreamFailed
 
+
+class RayUnreachable(UpstreamFailed):
+    """Ray's dashboard did not answer at all (as opposed to answering with a refusal)."""
+
+
 log = logging.getLogger(__name__)
 
 RAY_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -61,7 +66,7 @@ class RayGateway:
         try:
             return self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"Ray dashboard at {self.url} unreachable: {exc}") from exc
+            raise RayUnreachable(f"Ray dashboard at {self.url} unreachable: {exc}") from exc
 
     def healthy(self) -> bool:
         try:

@@ -28,7 +28,7 @@ from services.core.scoring import get_run, manifest_for, succeed
 from services.core.scoring import transition as transition_run
 from services.core.states import TERMINAL, can_transition, transition
 from services.orchestrator.launcher import job_dir, launch, launch_scoring, submission_id
-from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway
+from services.orchestrator.ray_gateway import RAY_TERMINAL, RayGateway, RayUnreachable
 from services.store.db import Database
 from services.store.models import Job, utcnow
 from services.store.repositories import DatasetRepository, JobRepository, ModelRepository
@@ -148,6 +148,12 @@ class Reconciler:
                     self._launch(snap)
                 else:
                     self._settle(snap.id, snap.attempts)
+            except RayUnreachable as exc:
+                # Every other job would ask the same silent Ray (and a queued one write its
+                # manifest again): they all wait for the next pass. With hundreds queued
+                # and Ray down, each pass cost an idle API a third of a core.
+                log.warning("Ray unreachable, %d job(s) wait: %s", len(snapshots), exc.detail)
+                return
             except DomainError as exc:
                 log.warning("job %s: %s", snap.id, exc.detail)
             except OSError as exc:

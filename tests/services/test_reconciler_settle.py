@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from jobs.events import UNDELIVERED, Event
 from services.core.datasets import builtin_id
 from services.orchestrator.launcher import job_dir
@@ -175,3 +177,19 @@ def job_token(client: Client, job_id: str) -> str:
     from services.core.auth import job_token as token
 
     return token(client.settings.resolved_secret_key, job_id)
+
+
+def test_with_ray_unreachable_a_pass_stops_at_the_first_job(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's Ray refuses connections: the first queued job finds that out and the
+    others wait for the next pass, instead of each writing its manifest and asking again."""
+    spec = {"name": "q", "dataset": {"id": builtin_id("adult"), "target": "income"}}
+    ids = [client.post("/v1/jobs", json=spec).json()["id"] for _ in range(4)]
+    reconciler = client.c.app.state.services.reconciler  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING", logger="services.orchestrator.reconciler"):
+        reconciler.tick()
+    manifests = [i for i in ids if (job_dir(client.settings, i) / "manifest.json").exists()]
+    assert len(manifests) == 1, manifests
+    warned = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warned) == 1 and "4 job(s) wait" in warned[0].getMessage()
