@@ -64,8 +64,6 @@ def validate_spec(session: Session, raw: Any, caller: Principal | None = None) -
         raise Invalid("the job spec is invalid", pydantic_fields(exc)) from exc
     if caller is not None:
         require_visible(session, caller, "dataset", spec.dataset.id, ["dataset", "id"])
-        if spec.model.init_from is not None:
-            require_visible(session, caller, "model", spec.model.init_from, ["model", "init_from"])
     dataset = get_dataset_or_field_error(session, spec.dataset.id)
     kinds = {c["name"]: c["kind"] for c in dataset.columns}
     shapes = {c["name"]: c.get("shape") for c in dataset.columns}
@@ -79,7 +77,7 @@ def validate_spec(session: Session, raw: Any, caller: Principal | None = None) -
         spec = spec.with_task(inferred_task(dataset.uri, dataset.sha256, target))
     errors += check_spec(spec)
     errors += check_model_inputs(spec, kinds, shapes)
-    errors += _check_parent(session, spec)
+    errors += _check_parent(session, spec, caller)
     for name in feature_columns(spec, list(kinds)):
         if name in kinds and kinds[name] is None:
             errors.append(
@@ -94,13 +92,17 @@ def validate_spec(session: Session, raw: Any, caller: Principal | None = None) -
     return spec
 
 
-def _check_parent(session: Session, spec: JobSpec) -> list[FieldError]:
+def _check_parent(
+    session: Session, spec: JobSpec, caller: Principal | None = None
+) -> list[FieldError]:
     model_id = spec.model.init_from
     if model_id is None:
         return []
     loc = ("model", "init_from")
     parent = ModelRepository(session).get(model_id)
-    if parent is None:
+    # Another project's model reads as one never made.
+    hidden = caller is not None and not caller.sees(ProjectRepository(session).of_model(model_id))
+    if parent is None or hidden:
         return [FieldError(loc, f"no model '{model_id}' (see GET /v1/models)")]
     try:
         manifest = json.loads((Path(parent.bundle_uri) / MANIFEST).read_text())
@@ -158,7 +160,9 @@ def project_of_new_job(session: Session, caller: Principal, spec: JobSpec) -> Pr
     same_project(project.id, dataset_project or "", "dataset", spec.dataset.id, ["dataset", "id"])
     if spec.model.init_from is not None:
         parent = repo.of_model(spec.model.init_from) or ""
-        same_project(project.id, parent, "model", spec.model.init_from, ["model", "init_from"])
+        if parent != project.id:
+            text = f"model '{spec.model.init_from}' is not in project '{project.name}'"
+            raise Invalid(text, [{"loc": ["model", "init_from"], "msg": text}])
     return project
 
 

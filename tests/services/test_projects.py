@@ -302,8 +302,13 @@ def test_new_things_go_into_a_project_the_caller_is_in(api: Api, two: tuple[Owne
     # Another project's dataset cannot be trained on, nor audited.
     r = api.submit("alpha-member", beta.dataset)
     assert r.status_code == 404 and r.json()["fields"][0]["loc"] == ["dataset", "id"], r.text
-    r = api.submit("alpha-member", ADULT, model={"init_from": beta.model})
-    assert r.status_code == 404 and r.json()["fields"][0]["loc"] == ["model", "init_from"]
+    # (A parent model in a body is a 422, as for a model id never made, with the same text.)
+    r = api.submit("alpha-member", alpha.dataset, model={"init_from": beta.model})
+    assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["model", "init_from"]
+    r_never = api.submit("alpha-member", alpha.dataset, model={"init_from": "mdl_never"})
+    assert r.json()["fields"][0]["msg"].replace(beta.model, "X") == r_never.json()["fields"][0][
+        "msg"
+    ].replace("mdl_never", "X")
     r = api.call(
         "alpha-member",
         "POST",
