@@ -92,6 +92,22 @@ def _wait_closed(ports: list[int], timeout: float) -> None:
         time.sleep(0.2)
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM both stop what ``up`` started, as a KeyboardInterrupt.
+
+    Without this a SIGTERM (systemd, a container runtime, ``kill``) ended ``up`` at once and
+    left its Ray head running; and a process started in the background of a non-interactive
+    shell inherits SIGINT ignored, so Ctrl-C's signal did nothing at all (a CI run's stacks
+    outlived their tests that way and slowed the rest of the run).
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left (Ray's agents linger)."""
     try:

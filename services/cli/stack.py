@@ -28,9 +28,10 @@ def up(
     num_cpus: int | None = None,
 ) -> None:
     """Start a local Ray head and the API (SQLite and artifacts under --data-dir)."""
-    from services.stack import LocalStack, PortBusy, StackConfig
+    from services.stack import LocalStack, PortBusy, StackConfig, stop_on_signals
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop_on_signals()
     stack = LocalStack(
         StackConfig(
             data_dir=data_dir.expanduser(),

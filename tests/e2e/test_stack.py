@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Stack, free_port
+from .conftest import Stack, free_port, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -241,3 +241,66 @@ def test_cli_shows_a_jobs_logs_and_the_endpoints(stack: Stack) -> None:
     if names:
         shown = cli("endpoints", "show", sorted(names)[0], "--json")
         assert json.loads(shown.stdout)["name"] == sorted(names)[0]
+
+
+def test_sigterm_stops_up_and_its_ray_head_even_with_sigint_ignored(tmp_path: Path) -> None:
+    """A supervisor (systemd, a container runtime) sends SIGTERM; a shell's background job
+    starts with SIGINT ignored. Either way `up` stops the API and the whole Ray head."""
+    ports = {
+        name: free_port()
+        for name in ("port", "ray-port", "dashboard-port", "serve-port", "client-server-port")
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--data-dir",
+        str(tmp_path),
+        "--num-cpus",
+        "1",
+    ]
+    cmd += [a for k, v in ports.items() for a in (f"--{k}", str(v))]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    with open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not port_open(ports["port"]) or not port_open(ports["dashboard-port"]):
+                assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "crucible up did not start in 180s"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0, (tmp_path / "up.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    for name in ("port", "dashboard-port", "ray-port"):
+        assert not port_open(ports[name]), f"{name} still open after SIGTERM"
+
+
+def test_sigint_reaches_up_when_it_was_started_ignoring_it() -> None:
+    code = (
+        "import os, signal\n"
+        "from services.stack import stop_on_signals\n"
+        "stop_on_signals()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    signal.pause()\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    print('interrupted by', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert out.stdout.strip() == "interrupted by SIGINT", out
