@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -128,8 +127,3 @@ class ProjectRepository:
             .join(ScoringRun, ScoringRun.model_id == ModelVersion.id)
         )
         return self.s.scalar(q.where(ScoringRun.id == run_id))
-
-    def owned_counts(self, project_id: str) -> dict[str, Any]:
-        jobs = self.s.scalar(select(func.count()).where(Job.project_id == project_id)) or 0
-        datasets = self.s.scalar(select(func.count()).where(Dataset.project_id == project_id)) or 0
-        return {"jobs": jobs, "datasets": datasets}
