@@ -16,7 +16,6 @@ import glob
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Generator, Iterator
@@ -33,7 +32,7 @@ from jobs.events import UNDELIVERED
 from services.client import Crucible, CrucibleError
 from services.store.models import Job
 
-from .conftest import Stack, free_port
+from .conftest import Stack, start_up
 from .test_stack import ray_submissions
 
 pytestmark = pytest.mark.e2e
@@ -91,64 +90,33 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, adult_small: Path) -> Iterat
     # Not under pytest's folder: a mount there would outlive a crashed run's cleanup less well.
     artifacts = Path(tempfile.mkdtemp(prefix="crucible-chaos-artifacts-"))
     mount_tmpfs(artifacts, "128m")
-    ports = {
-        name: free_port()
-        for name in (
-            "port",
-            "ray-port",
-            "dashboard-port",
-            "serve-port",
-            "client-server-port",
-            "agent-port",
-        )
-    }
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env |= {
+    env = {
         "CRUCIBLE_ARTIFACT_ROOT": str(artifacts),
         "CRUCIBLE_EVENTS_FLUSH_TIMEOUT_S": str(FLUSH_TIMEOUT_S),
     }
-    cmd = [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)]
-    cmd += ["--num-cpus", "2", *[a for k, v in ports.items() for a in (f"--{k}", str(v))]]
-    log = open(data_dir / "up.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{ports['port']}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (data_dir / "up.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "crucible up did not become ready in 180s"
-            time.sleep(0.5)
-        token = (data_dir / "token").read_text().strip()
-        client = Crucible(url, token)
-        ds = client.upload_dataset(adult_small, "adult-small-chaos")
-        yield ChaosStack(
-            url,
-            token,
-            data_dir,
-            f"http://127.0.0.1:{ports['dashboard-port']}",
-            (data_dir / "ray_token").read_text().strip(),
-            client,
-            proc,
-            artifacts,
-            ds["id"],
-        )
-        client.close()
+        with start_up(data_dir, env=env) as up:
+            token = (data_dir / "token").read_text().strip()
+            client = Crucible(up.url, token)
+            ds = client.upload_dataset(adult_small, "adult-small-chaos")
+            yield ChaosStack(
+                up.url,
+                token,
+                data_dir,
+                up.dashboard_url,
+                (data_dir / "ray_token").read_text().strip(),
+                client,
+                up.proc,
+                artifacts,
+                ds["id"],
+            )
+            client.close()
+            code = up.stop()
     finally:
-        os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        log.close()
         subprocess.run(["umount", "-l", str(artifacts)], check=False)
         with contextlib.suppress(OSError):
             artifacts.rmdir()
-    assert code == 0, (data_dir / "up.log").read_text()[-3000:]
+    assert code == 0, up.log_tail()
 
 
 def spec(chaos: ChaosStack, name: str, epochs: int, **extra: Any) -> dict[str, Any]:

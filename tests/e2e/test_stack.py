@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import Stack, free_port, port_open
+from .conftest import Stack, port_open, start_up
 
 pytestmark = pytest.mark.e2e
 
@@ -70,42 +69,12 @@ def test_api_crash_does_not_stop_running_jobs(stack: Stack, adult_small: Path) -
 
 
 def test_up_joins_an_existing_cluster_with_ray_address(stack: Stack, tmp_path: Path) -> None:
-    port = free_port()
-    env: dict[str, Any] = {
-        **os.environ,
-        "RAY_ADDRESS": stack.dashboard_url,
-        "RAY_AUTH_TOKEN": stack.ray_token,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "up",
-            "--data-dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "up exited"
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
+    env = {"RAY_ADDRESS": stack.dashboard_url, "RAY_AUTH_TOKEN": stack.ray_token}
+    with start_up(tmp_path, env=env, ports=("port",)) as up:
+        ready = httpx.get(f"{up.url}/readyz").json()
         assert ready["ray"] is True  # reaches the existing cluster's dashboard, token and all
         assert not (tmp_path / "ray-head.pid").exists()  # and started no head of its own
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert up.stop() == 0, up.log_tail()
     # Stopping the joining stack leaves the cluster it joined running.
     assert (
         httpx.get(
@@ -246,43 +215,14 @@ def test_cli_shows_a_jobs_logs_and_the_endpoints(stack: Stack) -> None:
 def test_sigterm_stops_up_and_its_ray_head_even_with_sigint_ignored(tmp_path: Path) -> None:
     """A supervisor (systemd, a container runtime) sends SIGTERM; a shell's background job
     starts with SIGINT ignored. Either way `up` stops the API and the whole Ray head."""
-    ports = {
-        name: free_port()
-        for name in ("port", "ray-port", "dashboard-port", "serve-port", "client-server-port")
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.cli",
-        "up",
-        "--data-dir",
-        str(tmp_path),
-        "--num-cpus",
-        "1",
-    ]
-    cmd += [a for k, v in ports.items() for a in (f"--{k}", str(v))]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    with open(tmp_path / "up.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while not port_open(ports["port"]) or not port_open(ports["dashboard-port"]):
-                assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "crucible up did not start in 180s"
-                time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=120) == 0, (tmp_path / "up.log").read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with start_up(
+        tmp_path,
+        num_cpus=1,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    ) as up:
+        assert up.stop(signal.SIGTERM, timeout=120) == 0, up.log_tail()
     for name in ("port", "dashboard-port", "ray-port"):
-        assert not port_open(ports[name]), f"{name} still open after SIGTERM"
+        assert not port_open(up.ports[name]), f"{name} still open after SIGTERM"
 
 
 def test_sigint_reaches_up_when_it_was_started_ignoring_it() -> None:
