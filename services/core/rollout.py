@@ -14,11 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from jobs.spec import ServingSpec
 from services.core.errors import DomainError
-from services.orchestrator.serve_deployer import EndpointState, EndpointTarget, ServeDeployer
+from services.orchestrator.serve_deployer import (
+    EndpointState,
+    EndpointTarget,
+    ServeDeployer,
+    ServingAccess,
+)
 from services.store.db import Database
 from services.store.models import Endpoint, Promotion, utcnow
+from services.store.projects import ProjectRepository
 from services.store.repositories import EndpointRepository, ModelRepository, TokenRepository
 
 
@@ -27,34 +35,46 @@ def serving_of(e: Endpoint | None) -> ServingSpec:
     return ServingSpec.model_validate(e.serving) if e is not None and e.serving else ServingSpec()
 
 
+def _target(s: Session, endpoint: str, model_id: str, serving: ServingSpec) -> EndpointTarget:
+    m = ModelRepository(s).get(model_id)
+    assert m is not None
+    project = ProjectRepository(s).of_model(m.id)
+    return EndpointTarget(endpoint, m.id, m.bundle_uri, m.bundle_digest, serving, project)
+
+
 def target(db: Database, endpoint: str, model_id: str, serving: ServingSpec) -> EndpointTarget:
     with db.session() as s:
-        m = ModelRepository(s).get(model_id)
-        assert m is not None
-        return EndpointTarget(endpoint, m.id, m.bundle_uri, m.bundle_digest, serving)
+        return _target(s, endpoint, model_id, serving)
+
+
+def access(s: Session) -> ServingAccess:
+    """Who may call which endpoint now: the active tokens, an admin's everywhere and anyone
+    else's in their projects (revoked, expired and disabled users' tokens nowhere)."""
+    everywhere: set[str] = set()
+    by_project: dict[str, set[str]] = {}
+    for token_hash, role, project in TokenRepository(s).active_holders():
+        if role == "admin":
+            everywhere.add(token_hash)
+        elif project is not None:
+            by_project.setdefault(project, set()).add(token_hash)
+    return ServingAccess(frozenset(everywhere), {p: frozenset(h) for p, h in by_project.items()})
 
 
 def states(
     db: Database, replace: EndpointState | None = None
-) -> tuple[list[EndpointState], list[str]]:
+) -> tuple[list[EndpointState], ServingAccess]:
     """What every endpoint serves per the database, with ``replace`` standing in for its
-    endpoint's state (added when the endpoint is new)."""
+    endpoint's state (added when the endpoint is new), and who may call it."""
     with db.session() as s:
-        models = ModelRepository(s)
-
-        def one(name: str, model_id: str, serving: ServingSpec) -> EndpointTarget:
-            m = models.get(model_id)
-            assert m is not None
-            return EndpointTarget(name, m.id, m.bundle_uri, m.bundle_digest, serving)
-
         out: dict[str, EndpointState] = {}
         for e in EndpointRepository(s).list():
             sv = serving_of(e)
-            canary = one(e.name, e.canary_model_id, sv) if e.canary_model_id else None
-            out[e.name] = EndpointState(one(e.name, e.model_id, sv), canary, e.canary_percent or 0)
+            stable = _target(s, e.name, e.model_id, sv)
+            canary = _target(s, e.name, e.canary_model_id, sv) if e.canary_model_id else None
+            out[e.name] = EndpointState(stable, canary, e.canary_percent or 0)
         if replace is not None:
             out[replace.name] = replace
-        return [out[k] for k in sorted(out)], TokenRepository(s).active_hashes()
+        return [out[k] for k in sorted(out)], access(s)
 
 
 def record(db: Database, promotion: Promotion) -> None:
@@ -85,12 +105,12 @@ def _start(
 ) -> None:
     """Start ``candidate`` (and a canary's split) beside what serves now; on failure put the
     config back, record ``failed(reason)`` and raise."""
-    live, hashes = states(db)
+    live, who = states(db)
     try:
-        deployer.apply(live, hashes, candidate)
+        deployer.apply(live, who, candidate)
         deployer.wait_running(candidate)
         if staged_split is not None:
-            deployer.apply(live, hashes, candidate, staged_split)
+            deployer.apply(live, who, candidate, staged_split)
             deployer.wait_running(staged_split.split_app)
     except DomainError as exc:
         try:
@@ -101,8 +121,8 @@ def _start(
 
 
 def _switch(db: Database, deployer: ServeDeployer, new: EndpointState, history: Promotion) -> None:
-    live, hashes = states(db, new)
-    deployer.apply(live, hashes)
+    live, who = states(db, new)
+    deployer.apply(live, who)
     _commit(db, new, history)
     deployer.wait_settled(live)
     deployer.wait_routed(new.name)

@@ -5,7 +5,9 @@ refused (401) once revoked, once past ``expires_at``, or once its user is disabl
 
 Serving replicas check the caller's token against a set of hashes pushed to them in the
 Serve config (services/serving/app.py), not against the database, so creating or revoking a
-token and disabling or enabling a user push that config again: ``sync_serving_tokens``. A
+token, disabling or enabling a user, making one an admin or no longer one, and adding or
+removing a project's member push that config again: ``sync_serving_tokens``. Each endpoint
+takes its project's members' tokens and every admin's (``rollout.access``). A
 token that simply expires is dropped by ``ExpirySync``, which wakes at the next expiry and
 pushes again.
 """
@@ -125,6 +127,8 @@ def update_user(
             raise Conflict(f"'{user.name}' is the last enabled admin")
         changed = False
         if role is not None:
+            # An admin's tokens are taken by every endpoint, anyone else's by their projects'.
+            changed = (role == "admin") != (user.role == "admin")
             user.role = role
         if disabled is True and user.disabled_at is None:
             user.disabled_at, changed = utcnow(), True
@@ -197,11 +201,11 @@ def sync_serving_tokens(db: Database, deployer: ServeDeployer) -> bool:
     a revoked or expired token (or a disabled user's). False when there is nothing to push
     (no endpoint) or Ray did not take it (logged; ``ExpirySync`` tries again later)."""
     with deployer.lock:
-        live, hashes = rollout.states(db)
+        live, who = rollout.states(db)
         if not live:
             return False
         try:
-            deployer.apply(live, hashes)
+            deployer.apply(live, who)
         except DomainError as exc:
             log.warning("could not push the serving tokens: %s", exc.detail)
             return False

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +51,28 @@ class EndpointTarget:
     bundle_digest: str
     # How the endpoint serves; not part of a version's identity.
     serving: ServingSpec = field(default_factory=ServingSpec, compare=False)
+    # The project of the model's job: who may call the endpoint (ServingAccess).
+    project_id: str | None = field(default=None, compare=False)
 
     @property
     def app_name(self) -> str:
         # Endpoint names have no '_' and model ids start with 'mdl_': the name is unambiguous,
         # and metrics labelled by application tell versions apart.
         return f"{self.name}--{self.model_id}"
+
+
+@dataclass(frozen=True)
+class ServingAccess:
+    """Which active tokens' hashes an endpoint's replicas take: an admin's at every endpoint,
+    anyone else's at the endpoints of their projects (the API's rule for the endpoints' rows,
+    so a token that cannot see an endpoint cannot call it either)."""
+
+    everywhere: frozenset[str] = frozenset()
+    by_project: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def hashes(self, project_id: str | None) -> list[str]:
+        members = self.by_project.get(project_id, frozenset()) if project_id else frozenset()
+        return sorted(self.everywhere | members)
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,7 @@ class ServeDeployer:
         self.gateway = gateway
         self.lock = threading.Lock()
 
-    def _app(self, t: EndpointTarget, route: str | None, token_hashes: list[str]) -> dict[str, Any]:
+    def _app(self, t: EndpointTarget, route: str | None, access: ServingAccess) -> dict[str, Any]:
         sv = t.serving
         deployment: dict[str, Any] = {
             "name": "ModelServer",
@@ -107,7 +124,7 @@ class ServeDeployer:
             "max_queued_requests": sv.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
             "user_config": {
-                "token_hashes": sorted(token_hashes),
+                "token_hashes": access.hashes(t.project_id),
                 "max_batch_size": sv.max_batch_size,
                 "batch_wait_timeout_ms": sv.batch_wait_timeout_ms,
                 "log_sample_rate": sv.log_sample_rate,
@@ -138,7 +155,7 @@ class ServeDeployer:
             "deployments": [deployment],
         }
 
-    def _split(self, e: EndpointState, route: str, token_hashes: list[str]) -> dict[str, Any]:
+    def _split(self, e: EndpointState, route: str, access: ServingAccess) -> dict[str, Any]:
         assert e.canary is not None
         return {
             "name": e.split_app,
@@ -152,7 +169,7 @@ class ServeDeployer:
                     "ray_actor_options": {"num_cpus": 0.1},
                     "max_ongoing_requests": 2 * e.stable.serving.max_ongoing_requests,
                     "user_config": {
-                        "token_hashes": sorted(token_hashes),
+                        "token_hashes": access.hashes(e.stable.project_id),
                         "weights": [
                             [e.stable.app_name, 100 - e.percent],
                             [e.canary.app_name, e.percent],
@@ -165,7 +182,7 @@ class ServeDeployer:
     def config(
         self,
         live: list[EndpointState],
-        token_hashes: list[str],
+        access: ServingAccess,
         candidate: EndpointTarget | None = None,
         staged_split: EndpointState | None = None,
     ) -> dict[str, Any]:
@@ -176,17 +193,15 @@ class ServeDeployer:
         running = set()
         for e in live:
             if e.canary is None:
-                apps.append(self._app(e.stable, f"/{e.name}", token_hashes))
+                apps.append(self._app(e.stable, f"/{e.name}", access))
             else:
-                apps += [self._app(t, None, token_hashes) for t in e.targets()]
-                apps.append(self._split(e, f"/{e.name}", token_hashes))
+                apps += [self._app(t, None, access) for t in e.targets()]
+                apps.append(self._split(e, f"/{e.name}", access))
             running |= {t.app_name for t in e.targets()}
         if candidate is not None and candidate.app_name not in running:
-            apps.append(self._app(candidate, f"{CANDIDATE_PREFIX}/{candidate.name}", token_hashes))
+            apps.append(self._app(candidate, f"{CANDIDATE_PREFIX}/{candidate.name}", access))
         if staged_split is not None:
-            apps.append(
-                self._split(staged_split, f"{SPLIT_PREFIX}/{staged_split.name}", token_hashes)
-            )
+            apps.append(self._split(staged_split, f"{SPLIT_PREFIX}/{staged_split.name}", access))
         return {
             "proxy_location": "HeadOnly",
             "http_options": {"host": self.settings.serve_host, "port": self.settings.serve_port},
@@ -196,11 +211,11 @@ class ServeDeployer:
     def apply(
         self,
         live: list[EndpointState],
-        token_hashes: list[str],
+        access: ServingAccess,
         candidate: EndpointTarget | None = None,
         staged_split: EndpointState | None = None,
     ) -> None:
-        self.gateway.put_serve_config(self.config(live, token_hashes, candidate, staged_split))
+        self.gateway.put_serve_config(self.config(live, access, candidate, staged_split))
 
     def wait_running(self, target: EndpointTarget | str) -> None:
         """Block until ``target``'s application is RUNNING: its replica loaded the bundle and

@@ -47,7 +47,13 @@ def request_id(request: Request) -> str:
 async def read_payload(request: Request, token_hashes: frozenset[str]) -> Response | Any:
     """The parsed JSON body, or the error response that answers the request."""
     if not authorized(request, token_hashes):
-        return error(401, "unauthorized", "missing or invalid bearer token")
+        # One answer for a token that is not valid and for one of a user outside the
+        # endpoint's project: the replica holds only the hashes it takes, so it cannot tell.
+        return error(
+            401,
+            "unauthorized",
+            "missing or invalid bearer token, or its user is not in this endpoint's project",
+        )
     if request.method != "POST":
         return error(405, "method_not_allowed", 'POST {"instances": [...]}')
     try:

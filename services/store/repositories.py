@@ -26,6 +26,7 @@ from services.store.models import (
     JobEvent,
     ModelVersion,
     PredictionLog,
+    ProjectMember,
     Promotion,
     Token,
     Trial,
@@ -101,20 +102,22 @@ class TokenRepository:
             .values(last_used_at=at)
         )
 
-    def active_hashes(self, now: datetime | None = None) -> list[str]:
-        """Hashes of the tokens that may call serving endpoints now: not revoked, not
-        expired, and their user not disabled."""
+    def active_holders(self, now: datetime | None = None) -> list[tuple[str, str, str | None]]:
+        """(hash, role, project id) of each token that may call serving endpoints now (not
+        revoked, not expired, its user not disabled), once per project of its user; project
+        None for a user in no project."""
         now = now or datetime.now(UTC)
         q = (
-            select(Token.token_hash)
+            select(Token.token_hash, User.role, ProjectMember.project_id)
             .join(User, Token.user_id == User.id)
+            .outerjoin(ProjectMember, ProjectMember.user_id == User.id)
             .where(
                 Token.revoked_at.is_(None),
                 or_(Token.expires_at.is_(None), Token.expires_at > now),
                 User.disabled_at.is_(None),
             )
         )
-        return list(self.s.scalars(q))
+        return [(h, role, project) for h, role, project in self.s.execute(q)]
 
     def next_expiry(self, after: datetime) -> datetime | None:
         """The soonest expiry after ``after`` of a token that is otherwise active."""

@@ -1,5 +1,6 @@
 """Identity on a real stack: concurrent idempotent submissions make one Ray job; a revoked
-token, or a disabled user's, stops working at a served endpoint too."""
+token, or a disabled user's, stops working at a served endpoint too, and an endpoint takes
+only its project's members' tokens."""
 
 from __future__ import annotations
 
@@ -66,3 +67,16 @@ def test_idempotent_submissions_launch_one_ray_job_and_revocation_reaches_servin
     took = _until(served["url"], second["token"], rows, 401, limit_s=20)
     print(f"disabled user's token refused by the replicas after {took:.2f}s")
     assert _predict(served["url"], stack.token, rows) == 200
+
+    # An endpoint takes the tokens of its project's members (and admins'), no one else's.
+    c.create_project("e2e-elsewhere")
+    outsider = c.create_user("e2e-outsider", "viewer", ["e2e-elsewhere"])
+    theirs = c.create_token("outsider", outsider["id"])
+    time.sleep(3)  # new tokens reach replicas in well under a second (above)
+    assert _predict(served["url"], theirs["token"], rows) == 401
+    c.add_member("default", "e2e-outsider")
+    took = _until(served["url"], theirs["token"], rows, 200, limit_s=20)
+    print(f"a new member's token taken by the replicas after {took:.2f}s")
+    c.remove_member("default", outsider["id"])
+    took = _until(served["url"], theirs["token"], rows, 401, limit_s=20)
+    print(f"a removed member's token refused by the replicas after {took:.2f}s")

@@ -21,8 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from jobs.datasets import BUILTIN
 from services.api.app import create_app
 from services.config import Settings
+from services.core import rollout
 from services.core.auth import hash_token
 from services.core.datasets import builtin_id
+from services.core.projects import DEFAULT_PROJECT_ID
 from services.store.db import Database
 from services.store.repositories import TokenRepository
 
@@ -192,7 +194,7 @@ def test_revoked_expired_and_disabled_tokens_are_401(api: Api) -> None:
     assert api.as_(fine, "GET", "/v1/jobs").status_code == 200
     # Serving replicas get only the hashes of tokens that work.
     with api.db.session() as s:
-        hashes: set[str] = set(TokenRepository(s).active_hashes())
+        hashes = set(rollout.access(s).hashes(DEFAULT_PROJECT_ID))
     assert hashes == {hash_token(ADMIN), hash_token(fine)}
     listed = {t["name"]: t["status"] for t in api.admin("GET", "/v1/tokens").json()["items"]}
     assert listed["rev-cli"] == "revoked" and listed["exp-cli"] == "expired"

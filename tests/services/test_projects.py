@@ -7,6 +7,7 @@ without a cluster (jobs queue: no Ray is reachable).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import re
@@ -364,6 +365,53 @@ def test_membership_changes_what_a_user_sees_at_once(api: Api, two: tuple[Owned,
     assert api.call("admin", "DELETE", f"/v1/projects/beta/members/{uid}").status_code == 404
     r = api.call("admin", "POST", "/v1/projects/beta/members", json={"user": "nobody"})
     assert r.status_code == 404 and r.json()["fields"][0]["loc"] == ["user"]
+
+
+def served_hashes(api: Api, endpoint: str) -> set[str]:
+    """The token hashes the last pushed Serve config gives the endpoint's replicas."""
+    (app,) = [
+        a for a in api.deployer.configs[-1]["applications"] if a["route_prefix"] == f"/{endpoint}"
+    ]
+    return set(app["deployments"][0]["user_config"]["token_hashes"])
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_serving_endpoints_take_only_their_projects_tokens(
+    api: Api, two: tuple[Owned, Owned]
+) -> None:
+    alpha, beta = two
+    admin, a_member, b_member = (
+        sha(ADMIN),
+        sha(api.tokens["alpha-member"]),
+        sha(api.tokens["beta-member"]),
+    )
+    assert admin in served_hashes(api, alpha.endpoint) and admin in served_hashes(
+        api, beta.endpoint
+    )
+    assert a_member in served_hashes(api, alpha.endpoint)
+    assert a_member not in served_hashes(api, beta.endpoint)
+    assert b_member not in served_hashes(api, alpha.endpoint)
+
+    # Membership and role changes push the lists again, right after the answer.
+    pushes = len(api.deployer.configs)
+    r = api.call("admin", "POST", "/v1/projects/alpha/members", json={"user": "beta-member"})
+    assert r.status_code == 201, r.text
+    assert len(api.deployer.configs) == pushes + 1
+    assert b_member in served_hashes(api, alpha.endpoint)
+    uid = api.user_ids["beta-member"]
+    r = api.call("admin", "DELETE", f"/v1/projects/alpha/members/{uid}")
+    assert r.status_code == 200, r.text
+    assert b_member not in served_hashes(api, alpha.endpoint)
+    r = api.call("admin", "PATCH", f"/v1/users/{uid}", json={"role": "admin"})
+    assert r.status_code == 200, r.text
+    assert b_member in served_hashes(api, alpha.endpoint)
+    r = api.call("admin", "PATCH", f"/v1/users/{uid}", json={"role": "approver"})
+    assert r.status_code == 200, r.text
+    assert b_member not in served_hashes(api, alpha.endpoint)
+    assert b_member in served_hashes(api, beta.endpoint)
 
 
 def test_projects_are_admin_business(api: Api) -> None:

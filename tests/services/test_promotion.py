@@ -23,7 +23,12 @@ from services.core.auth import job_token
 from services.core.datasets import builtin_id
 from services.core.errors import UpstreamFailed
 from services.core.promotion import auto_promote, judge
-from services.orchestrator.serve_deployer import EndpointState, EndpointTarget, ServeDeployer
+from services.orchestrator.serve_deployer import (
+    EndpointState,
+    EndpointTarget,
+    ServeDeployer,
+    ServingAccess,
+)
 from services.store.models import ModelVersion
 
 ADULT = builtin_id("adult")
@@ -42,11 +47,11 @@ class FakeDeployer(ServeDeployer):
     def apply(
         self,
         live: list[EndpointState],
-        token_hashes: list[str],
+        access: ServingAccess,
         candidate: EndpointTarget | None = None,
         staged_split: EndpointState | None = None,
     ) -> None:
-        self.configs.append(self.config(live, token_hashes, candidate, staged_split))
+        self.configs.append(self.config(live, access, candidate, staged_split))
 
     def wait_running(self, target: EndpointTarget | str) -> None:
         if self.broken:

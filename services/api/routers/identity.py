@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.api.deps import MAX_ID, Admin, ServicesDep, Viewer
 from services.api.openapi import errors
+from services.api.serving_sync import resync_serving
 from services.core import tokens as token_service
 from services.core.errors import Invalid
 from services.core.projects import DEFAULT_PROJECT, names_of
@@ -65,20 +66,6 @@ class NewToken(BaseModel):
     )
 
 
-def _resync(request: Request, services: ServicesDep) -> None:
-    """After the response: push the serving tokens again (retried by the expiry thread when
-    Ray does not take it now)."""
-    try:
-        pushed = token_service.sync_serving_tokens(services.db, services.deployer)
-    except Exception:  # after the answer: nobody to tell but the log and the retry thread
-        log.exception("pushing the serving tokens failed")
-        pushed = False
-    if not pushed:
-        sync = getattr(request.app.state, "token_sync", None)
-        if sync is not None:
-            sync.changed()
-
-
 @router.get("/me")
 def me(services: ServicesDep, caller: Viewer) -> dict[str, Any]:
     """The caller: their user, the token they used, and the projects they see (an admin:
@@ -117,7 +104,7 @@ def update_user(
     """Change a user's role, or disable (enable) them; 409 for the last enabled admin."""
     view, changed = token_service.update_user(services.db, user_id, body.role, body.disabled)
     if changed:
-        background.add_task(_resync, request, services)
+        background.add_task(resync_serving, request, services)
     return view
 
 
@@ -135,7 +122,7 @@ def create_token(
     made = token_service.create_token(
         services.db, caller, body.name, body.user_id, body.expires_in_days
     )
-    background.add_task(_resync, request, services)
+    background.add_task(resync_serving, request, services)
     return made
 
 
@@ -161,7 +148,7 @@ def revoke_token(
     endpoints once their config is pushed again (right after this answer)."""
     view, changed = token_service.revoke_token(services.db, caller, token_id)
     if changed:
-        background.add_task(_resync, request, services)
+        background.add_task(resync_serving, request, services)
     return view
 
 

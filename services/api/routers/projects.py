@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, BackgroundTasks, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import Admin, ServicesDep, Viewer
 from services.api.openapi import errors
+from services.api.serving_sync import resync_serving
 from services.core import projects as project_service
 from services.core import tokens as token_service
 from services.core.errors import NotFound
@@ -95,20 +96,39 @@ def set_quotas(name: str, body: Quotas, services: ServicesDep, caller: Admin) ->
 
 
 @router.post("/{name}/members", status_code=status.HTTP_201_CREATED)
-def add_member(name: str, body: NewMember, services: ServicesDep, caller: Admin) -> dict[str, Any]:
-    """Let a user see and work in the project (with what their role allows)."""
+def add_member(
+    name: str,
+    body: NewMember,
+    request: Request,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    caller: Admin,
+) -> dict[str, Any]:
+    """Let a user see and work in the project (with what their role allows), its serving
+    endpoints included once their token lists are pushed, right after this answer."""
     with services.db.session() as s:
         project = project_service.get_project(s, caller, name)
         user_id = project_service.user_id_by_name_or_id(s, body.user)
-        ProjectRepository(s).add_member(project.id, user_id)
+        added = ProjectRepository(s).add_member(project.id, user_id)
+    if added:
+        background.add_task(resync_serving, request, services)
     return _view(services, name, caller)
 
 
 @router.delete("/{name}/members/{user_id}")
-def remove_member(name: str, user_id: str, services: ServicesDep, caller: Admin) -> dict[str, Any]:
-    """The user no longer sees the project; what they made there stays, with the project."""
+def remove_member(
+    name: str,
+    user_id: str,
+    request: Request,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    caller: Admin,
+) -> dict[str, Any]:
+    """The user no longer sees the project, nor calls its serving endpoints once their token
+    lists are pushed (right after this answer); what they made there stays, with the project."""
     with services.db.session() as s:
         project = project_service.get_project(s, caller, name)
         if not ProjectRepository(s).remove_member(project.id, user_id):
             raise NotFound(f"user '{user_id}' is not a member of project '{name}'")
+    background.add_task(resync_serving, request, services)
     return _view(services, name, caller)
