@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Requests a minute per API token, in bursts of as many, counted in each "
         "API process's memory; over it: 429 with Retry-After. 0: no limit.",
     )
+    idempotency_key_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How long an Idempotency-Key of POST /v1/jobs stays bound to its job and "
+        "body; after that the key is free again (a new job) and its row is deleted.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins a browser may call the API from (JSON list or comma-separated). "

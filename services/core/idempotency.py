@@ -6,6 +6,11 @@ transaction as the job, under a unique (user, key) constraint: of concurrent dup
 commits, the others fail on the constraint, roll back their own job, and answer with the
 winner's. Nothing is launched before the commit (the reconciler launches committed jobs),
 so a lost race never reaches Ray.
+
+A key lasts ``idempotency_key_hours`` (24 by default, as payment APIs keep theirs): long
+enough for any client's retries, short enough that the table does not grow forever. An older
+key is no key: the request makes a new job, and the user's expired rows are deleted in the
+same transaction (so the new row fits the unique constraint).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -43,11 +49,19 @@ def body_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def earlier_job(db: Database, user_id: str, key: str, digest: str) -> str | None:
-    """The job this key created before, or None; 422 when it came with another body."""
+def cutoff(hours: float, now: datetime | None = None) -> datetime:
+    """Keys made before this have expired."""
+    return (now or datetime.now(UTC)) - timedelta(hours=hours)
+
+
+def earlier_job(
+    db: Database, user_id: str, key: str, digest: str, expired_before: datetime
+) -> str | None:
+    """The job this key created before, or None (never used, or expired); 422 when it came
+    with another body."""
     with db.session() as s:
         row = IdempotencyRepository(s).get(user_id, key)
-        if row is None:
+        if row is None or row.created_at < expired_before:
             return None
         if row.request_sha256 != digest:
             raise _invalid(
@@ -58,7 +72,12 @@ def earlier_job(db: Database, user_id: str, key: str, digest: str) -> str | None
 
 
 def create_once(
-    db: Database, user_id: str, key: str, digest: str, create: Callable[[Session], Job]
+    db: Database,
+    user_id: str,
+    key: str,
+    digest: str,
+    create: Callable[[Session], Job],
+    expired_before: datetime,
 ) -> tuple[str, bool]:
     """Create the job with ``create`` and record the key in one transaction: (job id, True);
     or, when a concurrent request with the key won, (its job id, False)."""
@@ -66,10 +85,11 @@ def create_once(
         with db.session() as s:
             job = create(s)
             job_id = job.id
-            row = IdempotencyKey(user_id=user_id, key=key, request_sha256=digest, job_id=job_id)
-            IdempotencyRepository(s).add(row)
+            keys = IdempotencyRepository(s)
+            keys.forget_before(user_id, expired_before)
+            keys.add(IdempotencyKey(user_id=user_id, key=key, request_sha256=digest, job_id=job_id))
     except IntegrityError:
-        winner = earlier_job(db, user_id, key, digest)
+        winner = earlier_job(db, user_id, key, digest, expired_before)
         if winner is None:  # not the key's constraint: a real error
             raise
         return winner, False

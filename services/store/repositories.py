@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, true, update
+from sqlalchemy import delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -159,6 +159,14 @@ class IdempotencyRepository:
             IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
         )
         return self.s.scalars(q).first()
+
+    def forget_before(self, user_id: str, cutoff: datetime) -> int:
+        """Delete the user's keys made before ``cutoff``; how many. Per user, so the unique
+        (user, key) index finds them and users' submissions do not wait on each other."""
+        q = delete(IdempotencyKey).where(
+            IdempotencyKey.user_id == user_id, IdempotencyKey.created_at < cutoff
+        )
+        return int(getattr(self.s.execute(q), "rowcount", 0))
 
     def add(self, row: IdempotencyKey) -> None:
         """Flushes at once: a second request with the same key fails here (IntegrityError),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,21 @@ def test_concurrent_identical_submissions_create_one_job(api: Api) -> None:
     with api.db.session() as s:
         assert s.query(Job).count() == 1
         assert s.query(IdempotencyKey).count() == 1
+
+
+def test_a_key_expires_and_then_makes_a_new_job(api: Api) -> None:
+    """After idempotency_key_hours a key is free again, even with another body; the user's
+    expired rows go, the others stay."""
+    first = api.submit(SPEC, "old").json()["id"]
+    kept = api.submit(SPEC, "recent").json()["id"]
+    with api.db.session() as s:
+        row = s.query(IdempotencyKey).filter_by(key="old").one()
+        row.created_at = datetime.now(UTC) - timedelta(hours=24, minutes=1)
+    again = api.submit({**SPEC, "name": "other"}, "old")
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] != first
+    assert api.submit({**SPEC, "name": "other"}, "old").json()["id"] == again.json()["id"]
+    assert api.submit(SPEC, "recent").json()["id"] == kept
+    with api.db.session() as s:
+        rows = {(k.key, k.job_id) for k in s.query(IdempotencyKey)}
+    assert rows == {("old", again.json()["id"]), ("recent", kept)}

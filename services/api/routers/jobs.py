@@ -45,15 +45,17 @@ def submit_job(
         Header(
             alias=idempotency.HEADER,
             description="Retry-safe submission: the same key (per user) and body give back the "
-            "same job (200); the same key with another body is a 422.",
+            "same job (200); the same key with another body is a 422. A key lasts "
+            "idempotency_key_hours (24 by default); after that it makes a new job.",
         ),
     ] = None,
 ) -> dict[str, Any]:
     """Validate a job spec and queue the job; it is launched on Ray right after."""
     key, digest = None, ""
+    expired_before = idempotency.cutoff(services.settings.idempotency_key_hours)
     if idempotency_key is not None:
         key, digest = idempotency.check_key(idempotency_key), idempotency.body_digest(spec)
-        earlier = idempotency.earlier_job(services.db, user.user_id, key, digest)
+        earlier = idempotency.earlier_job(services.db, user.user_id, key, digest, expired_before)
         if earlier is not None:
             return _replayed(services, response, earlier)
     with services.db.session() as s:
@@ -72,6 +74,7 @@ def submit_job(
             key,
             digest,
             lambda s: job_service.create_job(s, valid, user.token_id, project_id),
+            expired_before,
         )
         if not new:
             return _replayed(services, response, job_id)
