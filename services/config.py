@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     idempotency_key_hours: float = Field(
         24.0,
         gt=0,
+        le=24 * 365 * 10,
         description="How long an Idempotency-Key of POST /v1/jobs stays bound to its job and "
         "body; after that the key is free again (a new job) and its row is deleted.",
     )

@@ -110,6 +110,9 @@ def _start(
         deployer.apply(live, who, candidate)
         deployer.wait_running(candidate)
         if staged_split is not None:
+            # Read again: starting the candidate can take minutes, and who may call the
+            # endpoint may have changed meanwhile.
+            live, who = states(db)
             deployer.apply(live, who, candidate, staged_split)
             deployer.wait_running(staged_split.split_app)
     except DomainError as exc:

@@ -226,6 +226,11 @@ class ExpirySync:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        # The first pass pushes the lists the database gives now: Ray keeps the Serve config
+        # across API restarts, so what an older API pushed (before an upgrade changed who may
+        # call an endpoint, or before a token expired while the API was down) is replaced.
+        self._pending = True
+        self._wake.set()
         self._thread = threading.Thread(target=self._run, name="token-expiry-sync", daemon=True)
         self._thread.start()
 

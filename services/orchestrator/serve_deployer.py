@@ -71,6 +71,8 @@ class ServingAccess:
     by_project: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def hashes(self, project_id: str | None) -> list[str]:
+        # A model with no project (none can have one today: jobs always do) is callable by
+        # admins only: closed, not open, if that ever changes.
         members = self.by_project.get(project_id, frozenset()) if project_id else frozenset()
         return sorted(self.everywhere | members)
 

@@ -294,7 +294,7 @@ def test_csv_is_converted_once_into_artifact_storage(api: Client, tree: Tree) ->
 
 
 def test_a_job_validates_and_the_driver_reads_the_dataset(api: Client, tree: Tree) -> None:
-    from jobs.run import prepare  # the driver's own data path (imports torch)
+    from jobs.prepare import prepare  # the driver's own data path
 
     d = register(api, str(tree.allowed / "good.parquet"), target="label").json()
     spec = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from services.api.app import create_app
 from services.config import Settings
@@ -148,3 +149,11 @@ def test_a_key_expires_and_then_makes_a_new_job(api: Api) -> None:
     with api.db.session() as s:
         rows = {(k.key, k.job_id) for k in s.query(IdempotencyKey)}
     assert rows == {("old", again.json()["id"]), ("recent", kept)}
+
+
+def test_a_key_lifetime_past_ten_years_is_refused_at_start(tmp_path: Path) -> None:
+    """'Never expire' spelled as a huge number would overflow the cutoff date at every keyed
+    submission (a 500); the setting is refused when the API starts instead."""
+    with pytest.raises(ValidationError, match="idempotency_key_hours"):
+        Settings(data_dir=tmp_path, idempotency_key_hours=2e7)
+    assert Settings(data_dir=tmp_path, idempotency_key_hours=24 * 365 * 10).idempotency_key_hours

@@ -11,6 +11,7 @@ import hashlib
 import io
 import itertools
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from services.config import Settings
 from services.core.auth import job_token
 from services.core.datasets import builtin_id
 from services.core.ids import new_id
+from services.core.tokens import ExpirySync
 from services.store.db import Database
 from services.store.models import ScoringRun
 from tests.services.test_promotion import FakeDeployer
@@ -412,6 +414,28 @@ def test_serving_endpoints_take_only_their_projects_tokens(
     assert r.status_code == 200, r.text
     assert b_member not in served_hashes(api, alpha.endpoint)
     assert b_member in served_hashes(api, beta.endpoint)
+
+
+def test_a_starting_api_pushes_the_serving_lists_again(api: Api, two: tuple[Owned, Owned]) -> None:
+    """Ray keeps the Serve config when the API restarts: the new API's first push replaces
+    lists an older one left (here: the alpha member's token made callable everywhere)."""
+    alpha, beta = two
+    stale = api.deployer.configs[-1]
+    for app in stale["applications"]:
+        for d in app["deployments"]:
+            d["user_config"]["token_hashes"].append(sha(api.tokens["alpha-member"]))
+    assert sha(api.tokens["alpha-member"]) in served_hashes(api, beta.endpoint)
+    sync = ExpirySync(api.db, api.deployer)
+    sync.start()
+    try:
+        deadline = time.monotonic() + 10
+        while api.deployer.configs[-1] is stale:
+            assert time.monotonic() < deadline, "no push after start"
+            time.sleep(0.05)
+    finally:
+        sync.stop()
+    assert sha(api.tokens["alpha-member"]) not in served_hashes(api, beta.endpoint)
+    assert sha(api.tokens["alpha-member"]) in served_hashes(api, alpha.endpoint)
 
 
 def test_projects_are_admin_business(api: Api) -> None:

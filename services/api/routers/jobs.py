@@ -52,8 +52,8 @@ def submit_job(
 ) -> dict[str, Any]:
     """Validate a job spec and queue the job; it is launched on Ray right after."""
     key, digest = None, ""
-    expired_before = idempotency.cutoff(services.settings.idempotency_key_hours)
     if idempotency_key is not None:
+        expired_before = idempotency.cutoff(services.settings.idempotency_key_hours)
         key, digest = idempotency.check_key(idempotency_key), idempotency.body_digest(spec)
         earlier = idempotency.earlier_job(services.db, user.user_id, key, digest, expired_before)
         if earlier is not None:
