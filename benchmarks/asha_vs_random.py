@@ -19,7 +19,7 @@ import ray
 
 from benchmarks._common import EventCollector
 from jobs.events import EventSink
-from jobs.run import prepare
+from jobs.prepare import prepare
 from jobs.search import run_search
 from jobs.spec import JobSpec
 

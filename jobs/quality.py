@@ -26,15 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.data import DataError, array_values
+from jobs.tasks import MAX_CLASS_VALUES
 
 # The audit's default ``min_group_count``: a group smaller than this gets wide intervals and is
 # flagged there, so the report warns about it before anyone trains.
 MIN_GROUP_COUNT = 30
 # A text, integer or boolean column with at most this many distinct values gets value counts.
 MAX_GROUPS = 20
-# Mirrors jobs.tasks.MAX_CLASS_VALUES (not imported: that module pulls in torch): a numeric
-# target with more distinct values than this, or any fraction, is a regression target.
-MAX_CLASS_VALUES = 20
 MOSTLY_MISSING = 0.5
 # Smallest class under a tenth of the largest: accuracy alone would hide a useless model.
 IMBALANCE_RATIO = 0.1

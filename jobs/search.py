@@ -1,9 +1,13 @@
 """The hyperparameter search: a job's search space as a Ray Tune experiment.
 
 Each trial is a plain Tune function trainable running :func:`jobs.train.fit` in one worker
-process. Design notes §6 measured why: the same four tiny trials took 9.6 s this way and 85 s
-with a Ray Train ``TorchTrainer`` per trial, so Ray Train is kept for trials that really span
-several workers.
+process (jobs/trial.py). Design notes §6 measured why: the same four tiny trials took 9.6 s
+this way and 85 s with a Ray Train ``TorchTrainer`` per trial, so Ray Train is kept for trials
+that really span several workers.
+
+This module is the driver's side of the search and imports no torch before the search ends:
+the driver starts its search without waiting for that import (docs/benchmarks.md, "Job
+latency"); the trials import it in their own processes.
 
 Every epoch leaves a checkpoint of the whole training state (jobs/checkpoint.py). That one
 mechanism serves four needs: a trial whose worker dies resumes where it was, HyperBand pauses
@@ -15,15 +19,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow.fs
-import ray.train
-import torch
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import (
@@ -36,14 +36,15 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from safetensors import SafetensorError
 
-from jobs.checkpoint import StateDict, load_checkpoint, save_checkpoint
-from jobs.distributed import CHECKPOINT_PATH_KEY
 from jobs.events import EventSink
-from jobs.models import build_model
 from jobs.spec import Domain, JobSpec, SearchSpec, effective_spec
-from jobs.train import TrainData, TrainState, fit, init_model
+from jobs.train_data import TrainData
+
+if TYPE_CHECKING:
+    import torch
+
+    from jobs.checkpoint import StateDict
 
 # The figures a trial reports each epoch (Tune adds its own bookkeeping keys to results).
 # Per-epoch figures forwarded to the control plane (each task reports its own subset).
@@ -126,82 +127,13 @@ class SpaceCodec:
         return out
 
 
-def _resume_state(checkpoint: ray.train.Checkpoint | None) -> TrainState | None:
-    """The state a restored trial goes on from.
-
-    Tune deletes a surplus checkpoint as soon as a newer one lands but snapshots the
-    experiment lazily, so a driver restored from the snapshot can name a checkpoint that is
-    gone. The trial's newest complete checkpoint on disk is then the right one: it is further
-    along and resumes just as exactly.
-    """
-    if checkpoint is None:
-        return None
-    folder = Path(checkpoint.path)
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and not folder.exists():
-        for newer in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
-            try:
-                return load_checkpoint(newer)
-            except (OSError, ValueError, KeyError, SafetensorError):
-                continue  # a copy the dying driver left half-written
-        raise FileNotFoundError(f"no checkpoint of this trial is left under {folder.parent}")
-    with checkpoint.as_directory() as local:
-        return load_checkpoint(Path(local))
-
-
 def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: TrainData) -> None:
-    """Tune function trainable: train one sampled configuration, report every epoch."""
-    job_spec = JobSpec.model_validate(spec_json)
-    codec = SpaceCodec(job_spec.search.space)
-    spec = effective_spec(job_spec, codec.decode(config))
-    if spec.resources.workers_per_trial > 1:
-        from jobs.distributed import run_data_parallel
+    """Tune function trainable: train one sampled configuration, report every epoch
+    (jobs/trial.py, imported here, in the trial's process: the driver that hands this function
+    to Tune never imports torch before its search)."""
+    from jobs.trial import train
 
-        context = tune.get_context()
-        run_data_parallel(
-            spec, data, Path(context.get_trial_dir()) / "train", context.get_trial_id()
-        )
-        return
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    device = torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
-    model = init_model(
-        spec.model, spec.training, data.example_shape, data.task.n_outputs, data.init_state
-    )
-    model.to(device)
-    resume = _resume_state(tune.get_checkpoint())
-    start_epoch = resume.epoch if resume is not None else 0
-
-    trial_id = tune.get_context().get_trial_id()
-
-    def on_epoch(epoch: int, metrics: dict[str, float], last: bool, snapshot: Any) -> None:
-        folder = Path(tempfile.mkdtemp(prefix=f"crucible-ckpt-{trial_id}-"))
-        try:
-            save_checkpoint(folder, snapshot())
-            tune.report(
-                {
-                    **metrics,
-                    "epoch": epoch,
-                    "last": last,
-                    "start_epoch": start_epoch,
-                    "pid": os.getpid(),
-                },
-                checkpoint=tune.Checkpoint.from_directory(str(folder)),
-            )
-        finally:
-            # report copied it into the trial's storage; the local copy would only pile up
-            # (one a trial a epoch) on the worker's disk.
-            shutil.rmtree(folder, ignore_errors=True)
-
-    fit(
-        model,
-        data,
-        spec.training,
-        spec.search.resolved_metric,
-        spec.search.resolved_mode,
-        on_epoch,
-        resume=resume,
-        max_epochs=spec.search.max_epochs_per_trial,
-        device=device,
-    )
+    train(config, spec_json=spec_json, data=data)
 
 
 def trial_error_text(trial: Trial) -> str:
@@ -563,6 +495,8 @@ def _best_of(
     best = (max if mode == "max" else min)(ok, key=lambda r: _best_value(r, metric, mode))
     folder = _checkpoint_dir(best)
     assert folder is not None
+    from jobs.checkpoint import load_checkpoint  # after the search: torch may load now
+
     state = load_checkpoint(folder)
     df = best.metrics_dataframe
     row: Any = best.metrics or {}
@@ -606,6 +540,8 @@ def _checkpoint_dir(result: Any) -> Path | None:
     trial the Ray Train checkpoint whose path rank 0 reported."""
     if result.checkpoint is not None:
         return Path(result.checkpoint.path)
+    from jobs.distributed import CHECKPOINT_PATH_KEY
+
     path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
     return Path(path) if path else None
 
@@ -617,6 +553,8 @@ def rebuild(
     n_outputs: int,
     state: StateDict,
 ) -> torch.nn.Module:
+    from jobs.models import build_model
+
     model = build_model(effective_spec(spec, config).model, example_shape, n_outputs)
     model.load_state_dict(state)
     return model

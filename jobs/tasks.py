@@ -5,21 +5,26 @@ the target standardised on the training split; MSE, MAE or Huber) and anomaly de
 autoencoder trained on normal rows to reconstruct its input; the reconstruction error is the
 anomaly score). An :class:`Objective` travels with the training data into every trial, so the
 training loop itself does not branch on the task.
+
+torch is imported only where a tensor is touched: the job driver encodes the target with this
+module before its search, and its first trial should not wait for torch's import there
+(docs/benchmarks.md, "Job latency"; tests/jobs/test_driver_imports.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from jobs.data import DataError, is_missing
 from jobs.evaluate import validation_metrics
 from jobs.spec import Task, TrainingSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # A numeric target with more distinct values than this, or any fraction, is a regression target.
 MAX_CLASS_VALUES = 20
@@ -145,6 +150,9 @@ class Objective:
     def batch_loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor
     ) -> torch.Tensor:
+        import torch
+        from torch.nn import functional as F
+
         if self.task == "anomaly_detection":
             return F.mse_loss(outputs, inputs.flatten(1))
         if self.task == "regression":
@@ -162,6 +170,8 @@ class Objective:
         return F.cross_entropy(outputs, targets, weight=weight)
 
     def targets_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.float32 if self.task == "regression" else torch.int64
 
     def validation(
@@ -177,6 +187,8 @@ class Objective:
                 "val_loss": float(errors[normal].mean()) if normal.any() else math.nan,
                 "val_auc": roc_auc(errors, y),
             }
+        import torch
+
         targets = torch.from_numpy(np.require(y, requirements="W")).to(outputs.device)
         loss = float(self.batch_loss(outputs, targets, inputs))
         if self.task == "regression":

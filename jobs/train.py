@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,8 +20,8 @@ from torch import nn
 from jobs.augment import augment, mixup
 from jobs.checkpoint import StateDict, TrainState
 from jobs.models import build_model, freeze
-from jobs.spec import AugmentationSpec, LRScheduleSpec, TrainingSpec, natural_mode
-from jobs.tasks import Objective
+from jobs.spec import LRScheduleSpec, TrainingSpec, natural_mode
+from jobs.train_data import TrainData as TrainData  # where the driver builds it
 
 log = logging.getLogger(__name__)
 
@@ -89,28 +88,6 @@ class _Feeder:
         yb = hy[:n].to(self.device, non_blocking=True)
         copied.record()
         return xb, yb
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """Inputs shaped ``(rows, *example_shape)``; targets as the objective wants them."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    n_classes: int
-    objective: Objective | None = None  # None: classification into n_classes
-    augmentation: AugmentationSpec | None = None
-    init_state: StateDict | None = None  # transfer learning: the parent model's weights
-
-    @property
-    def example_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def task(self) -> Objective:
-        return self.objective or Objective("classification", self.n_classes)
 
 
 def init_model(

@@ -23,7 +23,7 @@ from fairlearn.metrics import (
 )
 from sklearn import metrics as skm
 
-from jobs.run import prepare, records
+from jobs.prepare import prepare, records
 from jobs.spec import JobSpec
 from services.client import CrucibleError
 

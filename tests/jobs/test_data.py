@@ -85,7 +85,7 @@ def test_a_long_table_becomes_windows_of_one_series_each(tmp_path: Path) -> None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.run import prepare
+    from jobs.prepare import prepare
     from jobs.spec import JobSpec
 
     rng = np.random.default_rng(0)
@@ -136,7 +136,7 @@ def test_a_long_table_becomes_windows_of_one_series_each(tmp_path: Path) -> None
 
 
 def test_the_job_start_quality_report_covers_what_the_job_reads() -> None:
-    from jobs.run import start_quality
+    from jobs.prepare import start_quality
     from jobs.spec import JobSpec
 
     spec = JobSpec.model_validate(

@@ -99,7 +99,7 @@ def test_the_job_profiles_its_raw_training_inputs_and_sensitive_features(
     categories), sensitive features included; a bundle carries it in bundle.json."""
     from jobs.bundle import BundleError, OutputHead, read_manifest, save_bundle
     from jobs.models import build_model
-    from jobs.run import prepare, records
+    from jobs.prepare import prepare, records
     from jobs.spec import JobSpec, MLPSpec
 
     spec = JobSpec.model_validate(

@@ -314,9 +314,9 @@ def test_a_restored_trial_whose_checkpoint_was_replaced_resumes_from_the_newest(
     from ray import tune
 
     from jobs.checkpoint import save_checkpoint
-    from jobs.search import _resume_state
     from jobs.spec import MLPSpec, TrainingSpec
     from jobs.train import TrainState, fit, init_model
+    from jobs.trial import _resume_state
 
     data = blobs(200)
     training = TrainingSpec(epochs=3, batch_size=32, seed=1)
