@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services import __version__
@@ -15,7 +14,7 @@ from services.api import errors, openapi
 from services.api.audit_log import AuditLogMiddleware
 from services.api.deps import Services
 from services.api.limits import BodyLimitMiddleware, RateLimiter
-from services.api.metrics import Metrics
+from services.api.metrics import Metrics, RequestMetricsMiddleware
 from services.api.routers import (
     audits,
     datasets,
@@ -113,18 +112,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
 
     app.state.metrics = metrics = Metrics(counts, monitor.samples)
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     # The last middleware added is the outermost: the audit log wraps the body limit, so it
     # records what the limit refuses too.
     app.add_middleware(

@@ -101,6 +101,25 @@ def test_open_routes(api: Api) -> None:
         assert name in text
 
 
+def test_every_request_is_counted_by_route_template_and_status(api: Api) -> None:
+    api.get("/v1/jobs")
+    api.get("/v1/jobs/job_nope")
+    api.c.get("/v1/jobs")  # no token
+    api.c.get("/no/such/page")
+    text = api.c.get("/metrics").text
+
+    def count(method: str, route: str, status: int) -> float:
+        line = f'crucible_api_requests_total{{method="{method}",route="{route}",status="{status}"}}'
+        found = [x for x in text.splitlines() if x.startswith(line + " ")]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    assert count("GET", "/v1/jobs", 200) == 1
+    assert count("GET", "/v1/jobs/{job_id}", 404) == 1  # the template, never the id
+    assert count("GET", "/v1/jobs", 401) == 1
+    assert count("GET", "unmatched", 404) == 1
+    assert 'crucible_api_request_duration_seconds_count{route="/v1/jobs"} 2.0' in text
+
+
 def test_token_is_stored_hashed(api: Api) -> None:
     from services.store.db import Database
 
