@@ -61,6 +61,15 @@ class Up:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['dashboard-port']}"
 
+    @property
+    def token(self) -> str:
+        """The admin token `up` made (and keeps in its data dir)."""
+        return (self.data_dir / "token").read_text().strip()
+
+    @property
+    def ray_token(self) -> str:
+        return (self.data_dir / "ray_token").read_text().strip()
+
     def log_tail(self) -> str:
         return (self.data_dir / "up.log").read_text(errors="replace")[-3000:]
 
@@ -142,17 +151,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("crucible")
     with start_up(data_dir) as up:
-        token = (data_dir / "token").read_text().strip()
         assert (data_dir / "token").stat().st_mode & 0o777 == 0o600
-        client = Crucible(up.url, token)
-        yield Stack(
-            up.url,
-            token,
-            data_dir,
-            up.dashboard_url,
-            (data_dir / "ray_token").read_text().strip(),
-            client,
-        )
+        client = Crucible(up.url, up.token)
+        yield Stack(up.url, up.token, data_dir, up.dashboard_url, up.ray_token, client)
         client.close()
         # Ctrl-C stops what `up` started: the API and the whole Ray head.
         code = up.stop()

@@ -96,15 +96,14 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, adult_small: Path) -> Iterat
     }
     try:
         with start_up(data_dir, env=env) as up:
-            token = (data_dir / "token").read_text().strip()
-            client = Crucible(up.url, token)
+            client = Crucible(up.url, up.token)
             ds = client.upload_dataset(adult_small, "adult-small-chaos")
             yield ChaosStack(
                 up.url,
-                token,
+                up.token,
                 data_dir,
                 up.dashboard_url,
-                (data_dir / "ray_token").read_text().strip(),
+                up.ray_token,
                 client,
                 up.proc,
                 artifacts,
