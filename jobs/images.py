@@ -31,9 +31,23 @@ class ImageFolder:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def read_image_folder(folder: Path, labels_file: str = LABELS_FILE) -> ImageFolder:
-    """Decode every image the labels file names (column ``file``, plus label columns)."""
+# Values (pixels x channels) of one image by default; jobs/intake.py passes its own limit.
+MAX_IMAGE_VALUES = 4 * 1024 * 1024
+
+
+def read_image_folder(
+    folder: Path, labels_file: str = LABELS_FILE, max_cell_values: int = MAX_IMAGE_VALUES
+) -> ImageFolder:
+    """Decode every image the labels file names (column ``file``, plus label columns).
+
+    An image larger than ``max_cell_values`` (width x height x channels) is a DataError naming
+    the file, found from its header before any pixel is decoded: a 69-byte PNG can claim
+    20000x20000 pixels, and decoding one of 6000x6000 took 2.3 GB.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    # Pillow's own guard, at the same size: it refuses a larger claim inside Image.open.
+    Image.MAX_IMAGE_PIXELS = max_cell_values
 
     labels_path = folder / labels_file
     if not labels_path.is_file():
@@ -61,11 +75,19 @@ def read_image_folder(folder: Path, labels_file: str = LABELS_FILE) -> ImageFold
             continue
         try:
             with Image.open(path) as img:
+                mode = _mode(img.mode)
+                values = img.size[0] * img.size[1] * (1 if mode == "L" else 3)
+                if values > max_cell_values:
+                    raise _too_large(name, img.size, values, max_cell_values)
                 img.load()
-                array = _channels_first(np.asarray(img.convert(_mode(img.mode))))
+                array = _channels_first(np.asarray(img.convert(mode)))
         except FileNotFoundError:
             skipped.append({"file": name, "reason": "no such file"})
             continue
+        except DataError:
+            raise  # too large: refused, not skipped (a ValueError, so before the next clause)
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"image '{name}': {exc}", [name]) from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             skipped.append({"file": name, "reason": f"cannot be decoded: {exc}"})
             continue
@@ -81,9 +103,7 @@ def read_image_folder(folder: Path, labels_file: str = LABELS_FILE) -> ImageFold
     if not images or shape is None:
         raise DataError(f"no readable image in {folder} ({len(skipped)} skipped)")
     columns: dict[str, Any] = {
-        IMAGE_COLUMN: pa.array(
-            [a.tolist() for a in images], type=_list_type(len(shape), pa.uint8())
-        ),
+        IMAGE_COLUMN: _nested(np.stack(images)),
         "file": pa.array([r["file"] for r in kept]),
     }
     for name in others:
@@ -99,10 +119,24 @@ def _channels_first(array: np.ndarray) -> np.ndarray:
     return array if array.ndim == 2 else np.transpose(array, (2, 0, 1))
 
 
-def _list_type(depth: int, item: pa.DataType) -> pa.DataType:
-    for _ in range(depth):
-        item = pa.list_(item)
-    return item
+def _too_large(name: str, size: tuple[int, int], values: int, limit: int) -> DataError:
+    return DataError(
+        f"image '{name}' is {size[0]}x{size[1]} pixels ({values} values); at most {limit} "
+        "values an image",
+        [name],
+    )
+
+
+def _nested(stack: np.ndarray) -> pa.Array:
+    """Images of one shape as nested lists (``list<list<uint8>>`` for grey, one level more for
+    colour), built from the pixel buffer and offsets: no Python object per pixel."""
+    if stack.size > np.iinfo(np.int32).max:
+        raise DataError(f"the images hold {stack.size} values in all; at most 2^31 - 1")
+    array: pa.Array = pa.array(stack.reshape(-1), pa.uint8())
+    for width in reversed(stack.shape[1:]):
+        offsets = np.arange(0, len(array) + 1, width, dtype=np.int32)
+        array = pa.ListArray.from_arrays(pa.array(offsets), array)
+    return array
 
 
 def _typed(values: list[str]) -> pa.Array:

@@ -80,6 +80,37 @@ class Settings(BaseSettings):
         description="Largest request body the API reads, uploads aside (max_upload_bytes): "
         "a larger one is refused with 413 before it is read.",
     )
+    max_internal_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest body the cluster's own calls (/v1/internal: a job's progress and "
+        "result, a scoring report) may send; read only once their token checked out.",
+    )
+    intake_memory_bytes: int = Field(
+        4 * 1024 * 1024 * 1024,
+        ge=256 * 1024 * 1024,
+        description="Address space of the child process that parses and profiles a dataset "
+        "at registration; a file that needs more is refused (422), the API is not touched.",
+    )
+    intake_timeout_s: float = Field(
+        300.0, gt=0, description="How long that child may take; longer: refused (422)."
+    )
+    intake_concurrency: int = Field(
+        2,
+        ge=1,
+        description="Datasets parsed at once; more registrations wait for a slot (at most "
+        "intake_timeout_s, then 503 with Retry-After).",
+    )
+    max_columns: int = Field(2_000, ge=1, description="Columns a registered dataset may have.")
+    max_cell_values: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="Numbers one array cell may hold (an image's channels x height x width, a "
+        "sequence's steps); an image folder's images likewise.",
+    )
+    max_cell_bytes: int = Field(
+        1024 * 1024, ge=1, description="Bytes one text or binary cell may hold."
+    )
     rate_limit_per_minute: int = Field(
         600,
         ge=0,

@@ -13,6 +13,7 @@ from services import __version__
 from services.api import errors, openapi
 from services.api.audit_log import AuditLogMiddleware
 from services.api.deps import Services
+from services.api.gate import AuthenticateFirst
 from services.api.limits import BodyLimitMiddleware, RateLimiter
 from services.api.metrics import Metrics, RequestMetricsMiddleware
 from services.api.routers import (
@@ -31,7 +32,7 @@ from services.api.routers import (
 )
 from services.config import Settings
 from services.core.auth import ensure_bootstrap_token
-from services.core.datasets import seed_builtins
+from services.core.datasets import seed_builtins, sweep_stale_uploads
 from services.core.monitoring import Monitor
 from services.core.promotion import auto_promote
 from services.core.tokens import ExpirySync
@@ -64,6 +65,9 @@ def prepare_store(services: Services) -> str | None:
     migrate(services.db.engine)
     with services.db.session() as s:
         seed_builtins(s)
+    swept = sweep_stale_uploads(services.settings.resolved_artifact_root)
+    if swept:
+        log.warning("removed %d temporary upload file(s) left by a killed API", swept)
     return ensure_bootstrap_token(services.db, services.settings)
 
 
@@ -112,25 +116,9 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
 
     app.state.metrics = metrics = Metrics(counts, monitor.samples)
 
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    # The last middleware added is the outermost: the audit log wraps the body limit, so it
-    # records what the limit refuses too.
-    app.add_middleware(
-        BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
-    )
-    app.add_middleware(AuditLogMiddleware, db=services.db)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
-        )
-
     errors.install(app)
     openapi.install(app)
-    for router in (
+    routers = (
         health.router,
         datasets.router,
         jobs.router,
@@ -143,6 +131,29 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         identity.router,
         projects.router,
         ui.router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
+
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    # The last middleware added is the outermost. From the outside in: CORS (its headers on
+    # every answer), the audit log (it records what the next two refuse too), the caller's
+    # authentication (before any byte of a body is read), the body limit.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body=settings.max_body_bytes,
+        max_upload=settings.max_upload_bytes,
+        max_internal=settings.max_internal_body_bytes,
+    )
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(AuthenticateFirst, routes=routes, cluster_checks=internal.CLUSTER_CHECKS)
+    app.add_middleware(AuditLogMiddleware, db=services.db)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        )
     return app

@@ -8,7 +8,9 @@ Roles are enforced here and only here. Every /v1 route takes one of these:
   method (``Viewer`` on a POST lets any user manage their own tokens).
 
 A role too low is ``403 {"error": "forbidden", "detail": "needs role approver"}``. The rate
-limit per token is checked here too, right after the token is.
+limit per token is checked here too, right after the token is. A route that takes a body has
+had both checked before its body was read (services/api/gate.py); the dependency then takes
+that caller.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from services.api.gate import CHECKED
 from services.config import Settings
 from services.core.auth import Principal, authenticate
 from services.core.errors import Forbidden
@@ -58,6 +61,11 @@ def authenticated(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     """The token's user (401 without a valid one), within its rate limit (429)."""
+    state = request.scope.get("state", {})
+    if state.get(CHECKED):
+        # A route with a body: checked, rate limit included, before the body was read.
+        checked: Principal = state["principal"]
+        return checked
     principal = authenticate(services.db, authorization)
     # For the audit log, which runs outside the route (services/api/audit_log.py).
     request.state.principal = principal

@@ -65,25 +65,26 @@ class RateLimiter:
 
 class BodyLimitMiddleware:
     """413 for request bodies over the limit: ``max_body`` for every body but a multipart
-    upload, which may carry ``max_upload`` bytes of file (plus its framing). /v1/internal is
-    left alone: the cluster's own calls have their own limits per batch."""
+    upload, which may carry ``max_upload`` bytes of file (plus its framing), and the cluster's
+    own calls (/v1/internal: a job's result carries its whole evaluation and audit), which
+    may carry ``max_internal``."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int, max_internal: int) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
+        self.max_internal = max_internal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in BODY_METHODS
-            or scope["path"].startswith("/v1/internal/")
-        ):
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         multipart = headers.get("content-type", "").lower().startswith("multipart/form-data")
-        limit = self.max_upload + MULTIPART_OVERHEAD if multipart else self.max_body
+        if scope["path"].startswith("/v1/internal/"):
+            limit = self.max_internal
+        else:
+            limit = self.max_upload + MULTIPART_OVERHEAD if multipart else self.max_body
         what = "an upload" if multipart else "a request body"
         detail = f"{what} is at most {limit} bytes"
         length = headers.get("content-length")

@@ -11,20 +11,21 @@ place can change after registration: the reconciler hashes it again before each 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from jobs.data import DataError, describe_table, file_sha256, stream_sha256
+from jobs.data import describe_table, file_sha256, stream_sha256
 from jobs.datasets import BUILTIN, BUILTIN_SCHEME
-from jobs.images import LABELS_FILE, read_image_folder
+from jobs.images import LABELS_FILE
 from jobs.quality import quality_report
 from services.core.dataset_uris import (
     Location,
@@ -34,15 +35,19 @@ from services.core.dataset_uris import (
     open_location,
     stored_location,
 )
-from services.core.errors import Invalid, NotFound, PayloadTooLarge
+from services.core.errors import Invalid, NotFound, PayloadTooLarge, QuotaExceeded
 from services.core.ids import new_id
+from services.core.intake import IntakeCaps, OutputCapReached, inspect_file
 from services.core.projects import check_storage_quota
 from services.store.models import Dataset, Project
+from services.store.projects import ProjectRepository
 from services.store.repositories import DatasetRepository
 
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv",)
+# Files a registration writes before it is done; a killed API leaves them (sweep_stale_uploads).
+TEMP_PREFIX = ".upload-"
 
 
 def builtin_id(name: str) -> str:
@@ -88,8 +93,11 @@ def seed_builtins(session: Session) -> None:
         )
 
 
-def _copy_limited(src: BinaryIO, dst: BinaryIO, limit: int) -> int:
+def _copy_limited(src: BinaryIO, dst: BinaryIO, limit: int) -> tuple[int, str]:
+    """Copy at most ``limit`` bytes a block at a time (never the whole file in memory), and
+    hash them on the way: (size, sha256)."""
     total = 0
+    h = hashlib.sha256()
     while chunk := src.read(1 << 20):
         total += len(chunk)
         if total > limit:
@@ -97,45 +105,57 @@ def _copy_limited(src: BinaryIO, dst: BinaryIO, limit: int) -> int:
                 f"upload exceeds the limit of {limit} bytes",
                 [{"loc": ["file"], "msg": f"larger than {limit} bytes"}],
             )
+        h.update(chunk)
         dst.write(chunk)
-    return total
+    return total, h.hexdigest()
 
 
-def _read_table(path: Path, filename: str) -> tuple[pa.Table, str]:
-    with open(path, "rb") as f:
-        head = f.read(4)
+def _storage_room(session: Session, owner: Project | None) -> int | None:
+    """Bytes the project may still store (None: no quota). A project with no room at all is
+    refused here, before a file is read; the rest is the cap on the Parquet copy's size."""
+    if owner is None or owner.max_storage_bytes is None:
+        return None
+    room = owner.max_storage_bytes - ProjectRepository(session).dataset_bytes(owner.id)
+    if room <= 0:
+        check_storage_quota(session, owner, 1)  # raises QuotaExceeded, saying what is used
+    return room
+
+
+def _inspected(
+    session: Session,
+    owner: Project | None,
+    source: Path,
+    caps: IntakeCaps,
+    *,
+    field: str,
+    target: str | None,
+    output: Path | None,
+    image_folder: bool = False,
+) -> dict[str, Any]:
+    """The child's findings on ``source`` (services/core/intake.py), its Parquet copy at
+    ``output`` capped at what is left of the owner's storage quota."""
+    room = _storage_room(session, owner)
     try:
-        if head == PARQUET_MAGIC:
-            return pq.read_table(path), "parquet"
-        return pacsv.read_csv(path), "csv"
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        kind = "Parquet" if head == PARQUET_MAGIC else "CSV"
-        raise Invalid(
-            f"could not parse '{filename}' as {kind}: {exc}",
-            [{"loc": ["file"], "msg": f"unparsable {kind}: {exc}"}],
-        ) from exc
-
-
-def _described(
-    table: pa.Table, label: str, loc: str, target: str | None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Schema and quality report of a parsed table; Invalid naming ``loc`` (or ``target``)."""
-    if table.num_rows == 0 or table.num_columns == 0:
-        raise Invalid(f"'{label}' has no data rows", [{"loc": [loc], "msg": "no rows"}])
-    try:
-        columns = describe_table(table)
-    except DataError as exc:
-        raise Invalid(str(exc), [{"loc": [loc], "msg": str(exc)}]) from exc
-    if target is not None:
-        kinds = {c["name"]: c["kind"] for c in columns}
-        problem = None
-        if target not in kinds:
-            problem = f"'{label}' has no column '{target}'"
-        elif kinds[target] not in ("numeric", "categorical"):
-            problem = f"column '{target}' ({table.schema.field(target).type}) cannot be a label"
-        if problem:
-            raise Invalid(problem, [{"loc": ["target"], "msg": problem}])
-    return columns, quality_report(table, target)
+        return inspect_file(
+            source,
+            caps,
+            field=field,
+            target=target,
+            output=output,
+            output_bytes=room,
+            image_folder=image_folder,
+        )
+    except OutputCapReached:
+        assert owner is not None and room is not None  # only a quota sets the cap
+        limit = owner.max_storage_bytes or 0
+        raise QuotaExceeded(
+            f"project '{owner.name}' quota max_storage_bytes: the stored copy passed the "
+            f"{room} bytes left of {limit}",
+            "max_storage_bytes",
+            limit,
+            limit - room,
+            room + 1,
+        ) from None
 
 
 def _add_owned(session: Session, owner: Project | None, dataset: Dataset) -> Dataset:
@@ -146,6 +166,29 @@ def _add_owned(session: Session, owner: Project | None, dataset: Dataset) -> Dat
     return DatasetRepository(session).add(dataset)
 
 
+def _dataset_folder(artifact_root: Path) -> Path:
+    folder = artifact_root / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def sweep_stale_uploads(artifact_root: Path, older_than_s: float = 3600) -> int:
+    """Remove temporary files a registration left behind when its process was killed (every
+    other failure removes its own): those older than ``older_than_s``, so an upload that
+    another API process is writing right now is left alone. Returns how many went."""
+    folder = artifact_root / "datasets"
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def register_upload(
     session: Session,
     artifact_root: Path,
@@ -153,51 +196,48 @@ def register_upload(
     filename: str,
     stream: BinaryIO,
     max_bytes: int,
+    caps: IntakeCaps,
     target: str | None = None,
     owner: Project | None = None,
 ) -> Dataset:
     """Store an uploaded CSV or Parquet file as Parquet and record it.
 
-    The file is parsed completely before anything is recorded, and removed again if the
-    row cannot be written, so a rejected upload leaves neither a row nor a file.
+    The file is read in a child process (services/core/intake.py) before anything is
+    recorded, and every file written is removed again on any failure, so a rejected upload
+    leaves neither a row nor a file.
     """
-    folder = artifact_root / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    folder = _dataset_folder(artifact_root)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
     tmp_path = Path(tmp)
-    final: Path | None = None
+    dataset_id = new_id("ds")
+    final = folder / f"{dataset_id}.parquet"
     try:
         with os.fdopen(fd, "wb") as out:
-            size = _copy_limited(stream, out, max_bytes)
+            size, source_sha = _copy_limited(stream, out, max_bytes)
         if size == 0:
             raise Invalid("the uploaded file is empty", [{"loc": ["file"], "msg": "empty file"}])
-        source_sha = file_sha256(tmp_path)
-        table, fmt = _read_table(tmp_path, filename)
-        columns, quality = _described(table, filename, "file", target)
-        dataset_id = new_id("ds")
-        final = folder / f"{dataset_id}.parquet"
-        pq.write_table(table, final, compression="zstd")
-        dataset = _add_owned(
+        found = _inspected(
+            session, owner, tmp_path, caps, field="file", target=target, output=final
+        )
+        return _add_owned(
             session,
             owner,
             Dataset(
                 id=dataset_id,
                 name=name,
                 uri=str(final),
-                format=fmt,
-                sha256=file_sha256(final),
+                format=found["format"],
+                sha256=found["output_sha256"],
                 source_sha256=source_sha,
-                num_rows=table.num_rows,
-                size_bytes=final.stat().st_size,
-                columns=columns,
+                num_rows=found["num_rows"],
+                size_bytes=found["output_bytes"],
+                columns=found["columns"],
                 builtin=False,
-                quality=quality,
+                quality=found["quality"],
             ),
         )
-        return dataset
     except BaseException:
-        if final is not None:
-            final.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -228,48 +268,53 @@ def register_uri(
     name: str,
     uri: str,
     max_bytes: int,
+    caps: IntakeCaps,
     target: str | None = None,
     owner: Project | None = None,
 ) -> Dataset:
-    """Register a CSV or Parquet file by URI: confined, hashed (streamed), parsed once for its
-    schema and quality report. Nothing is recorded (nor written) unless all of it succeeds.
+    """Register a CSV or Parquet file by URI: confined, copied to a private temporary file
+    while hashed (so the child reads exactly the bytes hashed, and never a path a user
+    chose), read once in a child process for its schema and quality report. Nothing is
+    recorded (nor kept) unless all of it succeeds.
 
     A local folder (a path ending in '/') holding ``labels.csv`` and PNG/JPEG files is an
     image dataset: decoded once into Parquet in artifact storage (see jobs/images.py)."""
     if uri.endswith("/") and uri.startswith("/"):
-        return _register_image_folder(session, artifact_root, roots, name, uri, target, owner)
-    try:
-        loc = confine(uri, roots)
-        with open_location(loc) as f:
-            size = f.size()
-            if size == 0:
-                raise _uri_invalid(f"'{uri}' is empty")
-            if size > max_bytes:
-                raise _uri_invalid(f"'{uri}' is larger than the limit of {max_bytes} bytes")
-            sha = stream_sha256(f)
-            f.seek(0)
-            fmt = _format_of(loc, f.read(4))
-            f.seek(0)
-            try:
-                table = pq.read_table(f) if fmt == "parquet" else pacsv.read_csv(f)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-                kind = "Parquet" if fmt == "parquet" else "CSV"
-                raise _uri_invalid(f"could not parse '{uri}' as {kind}: {exc}") from exc
-    except UriRejected as exc:
-        raise _uri_invalid(str(exc)) from exc
-    columns, quality = _described(table, uri, "uri", target)
+        return _register_image_folder(session, artifact_root, roots, name, uri, caps, target, owner)
+    folder = _dataset_folder(artifact_root)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
+    tmp_path = Path(tmp)
     dataset_id = new_id("ds")
-    final: Path | None = None
+    final = folder / f"{dataset_id}.parquet"
     try:
-        if fmt == "parquet":
+        try:
+            with os.fdopen(fd, "wb") as out:
+                loc = confine(uri, roots)
+                with open_location(loc) as f:
+                    size = f.size()
+                    if size == 0:
+                        raise _uri_invalid(f"'{uri}' is empty")
+                    if size > max_bytes:
+                        raise _uri_invalid(f"'{uri}' is larger than the limit of {max_bytes} bytes")
+                    fmt = _format_of(loc, f.read(4))
+                    f.seek(0)
+                    size, sha = _copy_limited(f, out, max_bytes)
+        except UriRejected as exc:
+            raise _uri_invalid(str(exc)) from exc
+        except PayloadTooLarge:
+            raise _uri_invalid(f"'{uri}' is larger than the limit of {max_bytes} bytes") from None
+        # Parquet is read where it is, so only a CSV gets a copy (and counts it).
+        output = final if fmt == "csv" else None
+        found = _inspected(
+            session, owner, tmp_path, caps, field="uri", target=target, output=output
+        )
+        if found["format"] != fmt:
+            raise _uri_invalid(f"'{uri}' is named {fmt} but holds {found['format']}")
+        if output is None:
             stored_uri, stored_sha, stored_size = loc.uri, sha, size
         else:
-            folder = artifact_root / "datasets"
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"{dataset_id}.parquet"
-            pq.write_table(table, final, compression="zstd")
-            stored_uri, stored_sha = str(final), file_sha256(final)
-            stored_size = final.stat().st_size
+            stored_uri, stored_sha = str(final), found["output_sha256"]
+            stored_size = found["output_bytes"]
         return _add_owned(
             session,
             owner,
@@ -280,18 +325,19 @@ def register_uri(
                 format=fmt,
                 sha256=stored_sha,
                 source_sha256=sha,
-                num_rows=table.num_rows,
+                num_rows=found["num_rows"],
                 size_bytes=stored_size,
-                columns=columns,
+                columns=found["columns"],
                 builtin=False,
                 source_uri=uri,
-                quality=quality,
+                quality=found["quality"],
             ),
         )
     except BaseException:
-        if final is not None:
-            final.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
         raise
+    finally:
+        tmp_path.unlink(missing_ok=True)
 
 
 def _register_image_folder(
@@ -300,6 +346,7 @@ def _register_image_folder(
     roots: list[Root],
     name: str,
     uri: str,
+    caps: IntakeCaps,
     target: str | None,
     owner: Project | None,
 ) -> Dataset:
@@ -309,42 +356,44 @@ def _register_image_folder(
         labels = confine(uri + LABELS_FILE, roots)
     except UriRejected as exc:
         raise _uri_invalid(f"{exc} (an image folder needs a {LABELS_FILE})") from exc
+    final = _dataset_folder(artifact_root) / f"{new_id('ds')}.parquet"
     try:
-        folder = read_image_folder(Path(labels.path).parent)
-    except DataError as exc:
-        raise _uri_invalid(str(exc)) from exc
-    columns, quality = _described(folder.table, uri, "uri", target)
-    # Unreadable files were left out; the report says which and why.
-    quality["skipped_files"] = folder.skipped
-    if folder.skipped:
-        quality["warnings"].insert(
-            0,
-            {
-                "kind": "skipped_files",
-                "column": None,
-                "message": f"{len(folder.skipped)} file(s) left out of the image folder: "
-                + ", ".join(s["file"] for s in folder.skipped[:10]),
-            },
+        found = _inspected(
+            session,
+            owner,
+            Path(labels.path).parent,
+            caps,
+            field="uri",
+            target=target,
+            output=final,
+            image_folder=True,
         )
-    dataset_id = new_id("ds")
-    target_dir = artifact_root / "datasets"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    final = target_dir / f"{dataset_id}.parquet"
-    pq.write_table(folder.table, final, compression="zstd")
-    try:
+        quality = found["quality"]
+        # Unreadable files were left out; the report says which and why.
+        skipped = quality["skipped_files"] = found["skipped"]
+        if skipped:
+            quality["warnings"].insert(
+                0,
+                {
+                    "kind": "skipped_files",
+                    "column": None,
+                    "message": f"{len(skipped)} file(s) left out of the image folder: "
+                    + ", ".join(s["file"] for s in skipped[:10]),
+                },
+            )
         return _add_owned(
             session,
             owner,
             Dataset(
-                id=dataset_id,
+                id=final.stem,
                 name=name,
                 uri=str(final),
                 format="image_folder",
-                sha256=file_sha256(final),
+                sha256=found["output_sha256"],
                 source_sha256=file_sha256(Path(labels.path)),
-                num_rows=folder.table.num_rows,
-                size_bytes=final.stat().st_size,
-                columns=columns,
+                num_rows=found["num_rows"],
+                size_bytes=found["output_bytes"],
+                columns=found["columns"],
                 builtin=False,
                 source_uri=uri,
                 quality=quality,

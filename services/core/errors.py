@@ -87,6 +87,18 @@ class Unavailable(DomainError):
     status_code = 503
     kind = "unavailable"
 
+    def __init__(
+        self,
+        detail: str,
+        fields: list[dict[str, Any]] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(detail, fields)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
 
 class UpstreamFailed(DomainError):
     """Ray refused or failed what we asked of it."""

@@ -15,6 +15,7 @@ from services.core.auth import Principal
 from services.core.dataset_uris import MAX_URI_CHARS
 from services.core.datasets import dataset_view, get_dataset, register_upload, register_uri
 from services.core.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
+from services.core.intake import IntakeCaps
 from services.core.projects import PROJECT_NAME_PATTERN, project_for_new
 from services.store.repositories import DatasetRepository
 
@@ -117,6 +118,7 @@ def _by_uri(services: Services, user: Principal, req: RegisterByUri) -> dict[str
             req.name,
             req.uri,
             settings.max_upload_bytes,
+            IntakeCaps.of(settings),
             req.target,
             owner,
         )
@@ -136,6 +138,7 @@ def _by_upload(
             file.filename,
             file.file,
             services.settings.max_upload_bytes,
+            IntakeCaps.of(services.settings),
             fields.target,
             owner,
         )
