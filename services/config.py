@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     max_cell_bytes: int = Field(
         1024 * 1024, ge=1, description="Bytes one text or binary cell may hold."
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus scrape of GET /metrics presents (its series "
+        "name endpoints, their features, live accuracy and drift). Admins' API tokens are "
+        "taken too; nothing else is.",
+    )
     rate_limit_per_minute: int = Field(
         600,
         ge=0,

@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         max_internal=settings.max_internal_body_bytes,
     )
     routes = [route for router in routers for route in router.routes]
-    app.add_middleware(AuthenticateFirst, routes=routes, cluster_checks=internal.CLUSTER_CHECKS)
+    app.add_middleware(AuthenticateFirst, routes=routes)
     app.add_middleware(AuditLogMiddleware, db=services.db)
     if settings.cors_origins:
         app.add_middleware(

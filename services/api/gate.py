@@ -4,7 +4,8 @@ FastAPI reads and validates a route's body before it runs the route's dependenci
 check among them: without this, a 400 MiB body sent with no token at all was read, parsed and
 answered 422, not 401 (+1.1 GB of the API's memory a request). This middleware finds the route
 a request will reach and checks its caller first: a user's bearer token (its rate limit too),
-or, for the cluster's own routes (/v1/internal), the job's or scoring run's HMAC token. Only
+or, for the routes the cluster calls (/v1/internal), the HMAC token of the job, scoring run or
+endpoint. Only
 then does the body limit (services/api/limits.py) let the body through.
 
 Requests no route takes with their method (404, 405) pass on untouched: the router answers
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -35,20 +36,30 @@ CHECKED = "authenticated_before_body"
 
 # A cluster route's own check: (the server's secret, the route's path parameters, the token).
 ClusterCheck = Callable[[str, dict[str, Any], str], None]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def cluster_caller(check: ClusterCheck) -> Callable[[Endpoint], Endpoint]:
+    """Marks a route the cluster calls (a job's driver, a scoring run, an endpoint's replicas)
+    with the HMAC check of its caller's token, which the gate runs before the body is read.
+    The route keeps its own check as well: an HMAC costs microseconds, and a route the gate
+    no longer reached would stay closed. Goes under the router's decorator."""
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        endpoint.cluster_check = check  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
 
 
 class AuthenticateFirst:
     """See the module docstring. ``routes``: the app's routes, as its routers declare them
-    (the app's own router wraps included routers in objects of FastAPI's internals);
-    ``cluster_checks``: the internal routes' endpoints and how each checks its caller's token
-    (services/api/routers/internal.py)."""
+    (the app's own router wraps included routers in objects of FastAPI's internals); routes
+    the cluster calls are marked with :func:`cluster_caller`."""
 
-    def __init__(
-        self, app: ASGIApp, routes: list[BaseRoute], cluster_checks: dict[Any, ClusterCheck]
-    ) -> None:
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
         self.app = app
         self.routes = [r for r in routes if BODY_METHODS & (getattr(r, "methods", None) or set())]
-        self.cluster_checks = cluster_checks
 
     def _route_of(self, scope: Scope) -> tuple[Any, dict[str, Any]] | None:
         """The endpoint and path parameters of the route that takes this path and method."""
@@ -91,7 +102,7 @@ class AuthenticateFirst:
     async def _check(self, scope: Scope, endpoint: Any, params: dict[str, Any]) -> None:
         app = scope["app"]
         authorization = _header(scope, b"authorization")
-        cluster = self.cluster_checks.get(endpoint)
+        cluster: ClusterCheck | None = getattr(endpoint, "cluster_check", None)
         if cluster is not None:
             secret = app.state.services.settings.resolved_secret_key
             cluster(secret, params, bearer(authorization))

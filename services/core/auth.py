@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.config import Settings, read_or_create_secret
-from services.core.errors import Unauthorized
+from services.core.errors import Forbidden, Unauthorized
 from services.core.ids import new_id
 from services.store.db import Database
 from services.store.models import Token, User, utcnow
@@ -155,3 +155,15 @@ def ensure_bootstrap_token(db: Database, settings: Settings) -> str | None:
 
 def generate_token() -> str:
     return "cru_" + secrets.token_urlsafe(32)
+
+
+def check_metrics_caller(
+    db: Database, metrics_token: str | None, authorization: str | None
+) -> None:
+    """The scraper's own token (``metrics_token``), or an admin's API token: the metrics
+    name endpoints, their input features, live accuracy and drift, across projects."""
+    token = bearer(authorization)
+    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
+        return
+    if not authenticate(db, authorization).has("admin"):
+        raise Forbidden("the metrics need the metrics token or an admin's token")

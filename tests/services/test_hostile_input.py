@@ -264,7 +264,13 @@ def call(client: Client, path: str, headers: dict[str, str], length: int) -> Sen
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/internal/jobs/job_x/events", "/v1/internal/scoring/run_x/report", "/v1/jobs"],
+    [
+        "/v1/internal/jobs/job_x/events",
+        "/v1/internal/scoring/run_x/report",
+        "/v1/internal/endpoints/adult/predictions",
+        "/v1/jobs",
+        "/v1/datasets",
+    ],
 )
 def test_a_body_without_a_valid_token_is_never_read(client: Client, path: str) -> None:
     for headers in ({}, {"Authorization": "Bearer cru_not_a_token"}):

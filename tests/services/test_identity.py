@@ -430,7 +430,26 @@ def test_rate_limit_per_token_is_429_with_retry_after(make_api: ApiFactory) -> N
     for _ in range(5):
         assert api.c.get("/healthz").status_code == 200
         assert api.c.get("/readyz").status_code == 200
-        assert api.c.get("/metrics").status_code == 200
+        # A scrape is authenticated (an admin's token here) but not rate-limited.
+        assert api.admin("GET", "/metrics").status_code == 200
+
+
+def test_metrics_take_the_metrics_token_or_an_admins_and_nothing_else(
+    make_api: ApiFactory,
+) -> None:
+    # The series name endpoints, their input features, live accuracy and drift: a security
+    # probe read them all without a token.
+    api = make_api(metrics_token="scrape-me")
+    _, viewer = api.user("v", "viewer")
+    _, member = api.user("m", "member")
+    assert api.c.get("/metrics").status_code == 401
+    assert api.as_("not-a-token", "GET", "/metrics").status_code == 401
+    for token in (viewer, member):
+        r = api.as_(token, "GET", "/metrics")
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+    for token in ("scrape-me", ADMIN):
+        r = api.as_(token, "GET", "/metrics")
+        assert r.status_code == 200 and "crucible_api_requests_total" in r.text
 
 
 def test_rate_limit_refills(make_api: ApiFactory) -> None:

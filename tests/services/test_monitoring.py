@@ -268,7 +268,7 @@ def test_feedback_gives_live_accuracy_and_fairness(served: Served) -> None:
     right = sum(preds[i] == truth(instances[i]) for i in labelled)
     assert m2["accuracy"] == pytest.approx(right / len(labelled)) and m2["accuracy"] > 0.9
 
-    text = served.api.c.get("/metrics").text
+    text = served.api.get("/metrics").text
     line = f'crucible_endpoint_live_accuracy{{endpoint="adult",model_id="{served.model_id}"}}'
     assert line in text
     assert 'crucible_endpoint_fairness{endpoint="adult"' in text
@@ -302,7 +302,7 @@ def test_a_shifted_input_stream_raises_the_drift_alert(client: Client, tmp_path:
     assert drift["features"]["age"]["drifted"] and drift["features"]["age"]["psi"] > 0.2
     assert not drift["features"]["colour"]["drifted"]
     assert not drift["features"]["sex"]["drifted"]
-    text = client.c.get("/metrics").text
+    text = client.get("/metrics").text
     assert 'crucible_endpoint_drift_alert{endpoint="adult"} 1.0' in text
     assert (
         f'crucible_endpoint_feature_psi{{endpoint="adult",feature="age",model_id="{served.model_id}"}}'

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.api.deps import ServicesDep
+from services.core.auth import check_metrics_caller
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +35,16 @@ def readyz(services: ServicesDep, response: Response) -> dict[str, Any]:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
-    """Prometheus exposition of the API's own metrics (see services/api/metrics.py)."""
+def metrics(
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """Prometheus exposition of the API's own metrics (see services/api/metrics.py), for the
+    metrics token (CRUCIBLE_METRICS_TOKEN) or an admin's token."""
+    scraper = services.settings.metrics_token
+    check_metrics_caller(
+        services.db, scraper.get_secret_value() if scraper else None, authorization
+    )
     data = generate_latest(request.app.state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header
 
 from jobs.events import EventBatch, ScoringReport
 from services.api.deps import ServicesDep
-from services.api.gate import ClusterCheck
+from services.api.gate import cluster_caller
 from services.core.auth import bearer, check_job_token
 from services.core.jobs import apply_events
 from services.core.scoring import apply_report, check_scoring_token
@@ -17,7 +17,16 @@ from services.core.scoring import apply_report, check_scoring_token
 router = APIRouter(prefix="/v1/internal", tags=["internal"], include_in_schema=False)
 
 
+def _job_caller(secret: str, params: dict[str, Any], token: str) -> None:
+    check_job_token(secret, params["job_id"], token)
+
+
+def _scoring_caller(secret: str, params: dict[str, Any], token: str) -> None:
+    check_scoring_token(secret, params["run_id"], token)
+
+
 @router.post("/jobs/{job_id}/events")
+@cluster_caller(_job_caller)
 def post_events(
     job_id: str,
     batch: EventBatch,
@@ -33,6 +42,7 @@ def post_events(
 
 
 @router.post("/scoring/{run_id}/report")
+@cluster_caller(_scoring_caller)
 def post_scoring_report(
     run_id: str,
     report: ScoringReport,
@@ -43,20 +53,3 @@ def post_scoring_report(
     with services.db.session() as s:
         applied = apply_report(s, run_id, report, services.settings.resolved_artifact_root)
     return {"applied": applied}
-
-
-def _job_caller(secret: str, params: dict[str, Any], token: str) -> None:
-    check_job_token(secret, params["job_id"], token)
-
-
-def _scoring_caller(secret: str, params: dict[str, Any], token: str) -> None:
-    check_scoring_token(secret, params["run_id"], token)
-
-
-# How services/api/gate.py checks each route's caller before its body is read (the routes
-# check again themselves: an HMAC costs microseconds, and a route moved out of the gate's
-# reach stays closed).
-CLUSTER_CHECKS: dict[Any, ClusterCheck] = {
-    post_events: _job_caller,
-    post_scoring_report: _scoring_caller,
-}

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 
 from services.api.deps import MAX_ID, CurrentUser, ServicesDep
+from services.api.gate import cluster_caller
 from services.api.scope import VisibleEndpoint
 from services.core.auth import bearer, check_endpoint_token
 from services.core.monitoring import FeedbackBatch, Monitor, PredictionBatch
@@ -28,13 +29,19 @@ def endpoint_replica(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:
-    """The caller holds the endpoint's token (only its replicas do). A dependency, so a wrong
-    token is a 401 before the body is even read."""
+    """The caller holds the endpoint's token (only its replicas do). Checked before the body
+    is read by services/api/gate.py (FastAPI reads a body before the route's dependencies),
+    and again here."""
     check_endpoint_token(services.settings.resolved_secret_key, name, bearer(authorization))
     return name
 
 
+def _replica_caller(secret: str, params: dict[str, Any], token: str) -> None:
+    check_endpoint_token(secret, params["name"], token)
+
+
 @router.post("/internal/endpoints/{name}/predictions", include_in_schema=False)
+@cluster_caller(_replica_caller)
 def post_predictions(
     batch: PredictionBatch,
     monitor: MonitorDep,
