@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.text import Prose
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
@@ -663,7 +665,7 @@ class AuditOptions(_Strict):
         "the checks judge (and says so); fail makes every check of a feature with a small "
         "group fail.",
     )
-    intended_use: str | None = Field(
+    intended_use: Prose | None = Field(
         None,
         max_length=2000,
         description="What the model is for and for whom; shown in the report's model card.",

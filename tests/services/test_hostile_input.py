@@ -289,3 +289,34 @@ def test_cluster_bodies_have_a_limit_too(client: Client) -> None:
     # A user's token on a route with a body: checked first, then the body limit.
     sent = call(client, "/v1/jobs", {"Authorization": f"Bearer {TOKEN}"}, 11 * 1024 * 1024)
     assert (sent.status, sent.pulled) == (413, 0)
+
+
+# --- text that would hide or reorder what others read ---------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["ci\x00", "a\u202egnp.exe", "zero\u200bwidth", "bell\x07"])
+def test_control_and_formatting_characters_are_refused_in_names(client: Client, bad: str) -> None:
+    r = client.post("/v1/tokens", json={"name": bad})
+    assert r.status_code == 422 and locs(r) == [["name"]], r.text
+    assert "control and formatting characters are not allowed" in r.text
+    tokens = client.get("/v1/tokens").json()["items"]
+    assert all(t["name"] != bad for t in tokens)
+    spec = {
+        "name": "j",
+        "dataset": {"id": "ds_builtin_adult", "target": "income"},
+        "audit": {"sensitive_features": ["sex"], "intended_use": f"Loans.\n{bad}"},
+    }
+    r = client.post("/v1/jobs", json=spec)
+    assert r.status_code == 422 and ["audit", "intended_use"] in locs(r), r.text
+    assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_lines_and_tabs_stay_allowed_in_prose(client: Client) -> None:
+    assert client.post("/v1/tokens", json={"name": "laptop – Zoë's"}).status_code == 201
+    spec = {
+        "name": "j",
+        "dataset": {"id": "ds_builtin_adult", "target": "income"},
+        "audit": {"sensitive_features": ["sex"], "intended_use": "Loans.\n\tNot hiring."},
+    }
+    r = client.post("/v1/jobs", json=spec)
+    assert r.status_code != 422, r.text

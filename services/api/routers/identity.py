@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Query, Request, status
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from jobs.text import Label
 from services.api.deps import MAX_ID, Admin, ServicesDep, Viewer
 from services.api.openapi import errors
 from services.api.serving_sync import resync_serving
@@ -57,7 +58,7 @@ class UserChange(BaseModel):
 class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=100, description="What the token is for.")
+    name: Label = Field(min_length=1, max_length=100, description="What the token is for.")
     user_id: str | None = Field(
         None, description="Whose token: yourself by default; another user's needs admin."
     )

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, status
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.text import Prose
 from services.api.deps import MAX_ID, MAX_OFFSET, Approver, CurrentUser, ServicesDep
 from services.api.openapi import errors
 from services.api.reports import ReportFormat, respond
@@ -284,7 +285,7 @@ class PromoteRequest(BaseModel):
         description="Promote even if the spec's promotion gates fail; needs a written reason, "
         "stored with the gate results in the endpoint's history.",
     )
-    reason: str | None = Field(
+    reason: Prose | None = Field(
         None, max_length=2000, description="Why the gates are overridden (with override)."
     )
     candidate: Literal["best", "mitigated", "compressed"] | None = Field(
