@@ -55,6 +55,31 @@ def _column(path: str, name: str) -> np.ndarray:
     return np.asarray(pq.read_table(path, columns=[name]).column(name).to_pylist(), object)
 
 
+def refuse_infinities(columns: Columns) -> None:
+    """A DataError naming each column with infinite values, and where. Imputation fills only
+    missing values, so an infinity reached the network and the loss went NaN: the job failed
+    with "try a lower learning_rate", which sent the user after the wrong cause."""
+    problems = []
+    for name, values in columns.items():
+        if not len(values):
+            continue
+        if values.dtype.kind == "f":
+            infinite = np.isinf(values.reshape(len(values), -1)).any(axis=1)
+        elif values.dtype == object:  # a target read as Python values
+            infinite = np.array([isinstance(v, float) and math.isinf(v) for v in values])
+        else:
+            continue
+        rows = np.flatnonzero(infinite)
+        if rows.size:
+            shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if rows.size > 5 else "")
+            problems.append(f"column '{name}' is infinite in {rows.size} row(s) ({shown})")
+    if problems:
+        raise DataError(
+            "; ".join(problems) + ": replace or drop those values before training (the "
+            "dataset's quality report lists them under 'infinite')"
+        )
+
+
 def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     path = resolve_uri(dataset_uri)
     names = pq.read_schema(path).names
@@ -67,6 +92,7 @@ def prepare(spec: JobSpec, dataset_uri: str) -> Prepared:
     columns, kinds = read_columns(dataset_uri, features)
     sens_cols = {name: _column(path, name) for name in sensitive}
     target_values = _column(path, target_name)
+    refuse_infinities({**columns, target_name: target_values})
     split_column = spec.dataset.split.column
     extra: Columns = {split_column: _column(path, split_column)} if split_column else {}
     series: np.ndarray | None = None

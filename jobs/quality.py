@@ -4,7 +4,8 @@ Computed at registration (stored with the dataset) with pyarrow.compute, so it s
 tables of a few million rows. The figures:
 
 - per column: ``missing`` rows (null, NaN, or text that is blank, the same rule the fairness
-  audit uses for its ``unknown`` group), ``missing_rate``, ``distinct`` non-missing values, and
+  audit uses for its ``unknown`` group), ``missing_rate``, ``distinct`` non-missing values,
+  ``infinite`` rows (holding +inf or -inf, which imputation does not fill), and
   ``groups`` (value counts, largest first) for low-cardinality text, integer and boolean
   columns: those are the columns a fairness audit could group rows by;
 - ``duplicate_rows``: rows equal in every column to an earlier row;
@@ -38,6 +39,7 @@ MOSTLY_MISSING = 0.5
 IMBALANCE_RATIO = 0.1
 
 WARNING_KINDS = (
+    "infinite",
     "all_missing",
     "mostly_missing",
     "constant",
@@ -69,6 +71,31 @@ def missing_mask(col: pa.ChunkedArray) -> pa.ChunkedArray:
         blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(_text(col)), ""), False)
         mask = pc.or_(mask, blank)
     return mask
+
+
+def infinite_rows(col: pa.ChunkedArray) -> int:
+    """Rows holding an infinity: in a float column, or anywhere in a row's array of floats.
+    Imputation fills missing values, not these, so a model trained on them meets them as is."""
+    t = col.type
+    depth = 0
+    while _is_list(t):
+        t, depth = t.value_type, depth + 1
+    if not pa.types.is_floating(t) or len(col) == 0:
+        return 0
+    total = 0
+    for chunk in col.chunks:
+        if depth == 0:
+            total += int(pc.sum(pc.fill_null(pc.is_inf(chunk), False)).as_py() or 0)
+            continue
+        # Per row: flatten to the floats, mark infinities, and count the rows they fall in.
+        parents = pc.list_parent_indices(chunk)
+        values = pc.list_flatten(chunk)
+        for _ in range(depth - 1):
+            parents = pc.take(parents, pc.list_parent_indices(values))
+            values = pc.list_flatten(values)
+        hits = pc.filter(parents, pc.fill_null(pc.is_inf(values), False))
+        total += int(pc.count_distinct(hits).as_py() or 0) if len(hits) else 0
+    return total
 
 
 def _row_keys(col: pa.ChunkedArray, name: str) -> pa.Array | pa.ChunkedArray:
@@ -148,12 +175,21 @@ def quality_report(
         key = keys[name] = _row_keys(col, name)
         present_key = pc.filter(key, pc.invert(mask))
         distinct = int(pc.count_distinct(present_key).as_py())
+        infinite = infinite_rows(col)
         entry: dict[str, Any] = {
             "name": name,
             "missing": missing,
             "missing_rate": missing / n if n else 0.0,
             "distinct": distinct,
+            "infinite": infinite,
         }
+        if infinite:
+            warn(
+                "infinite",
+                name,
+                f"column '{name}' holds an infinite value in {infinite} of {n} rows; a job "
+                "training on it fails until they are replaced or dropped",
+            )
         if _has_groups(field.type) and distinct <= MAX_GROUPS:
             present = pc.filter(_text(col), pc.invert(mask))
             entry["groups"] = _groups(present)

@@ -4,6 +4,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.data import DataError, split_indices
@@ -150,3 +152,21 @@ def test_the_job_start_quality_report_covers_what_the_job_reads() -> None:
     assert set(q["missing_rate"]) == {"age", "workclass", "income", "race"}
     assert q["rows"] == 48842 and q["missing_rate"]["workclass"] > 0.05
     assert all("message" in w for w in q["warnings"])
+
+
+def test_a_job_on_infinite_values_fails_before_its_search_naming_the_column(
+    tmp_path: Path,
+) -> None:
+    # Before, the infinities reached the network and the job failed with "loss became nan;
+    # try a lower training.learning_rate".
+    rows = [{"x": float(i), "y": float(i % 3), "label": i % 2} for i in range(40)]
+    rows[7]["x"] = float("inf")
+    rows[9]["x"] = float("-inf")
+    path = tmp_path / "inf.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    from jobs.prepare import prepare
+    from jobs.spec import JobSpec
+
+    spec = JobSpec.model_validate({"name": "i", "dataset": {"id": "d", "target": "label"}})
+    with pytest.raises(DataError, match=r"column 'x' is infinite in 2 row\(s\) \(7, 9\)"):
+        prepare(spec, str(path))

@@ -40,12 +40,19 @@ def test_hand_counted_report(table: pa.Table) -> None:
     assert q["duplicate_rows"] == 1
     assert q["constant_columns"] == ["empty", "const"]
     cols = {c["name"]: c for c in q["columns"]}
-    assert cols["age"] == {"name": "age", "missing": 2, "missing_rate": 2 / 6, "distinct": 2}
+    assert cols["age"] == {
+        "name": "age",
+        "missing": 2,
+        "missing_rate": 2 / 6,
+        "distinct": 2,
+        "infinite": 0,
+    }
     assert cols["sex"] == {
         "name": "sex",
         "missing": 1,
         "missing_rate": 1 / 6,
         "distinct": 2,
+        "infinite": 0,
         "groups": [{"value": "M", "count": 4}, {"value": "F", "count": 1}],
     }
     assert cols["note"]["missing"] == 3 and cols["note"]["missing_rate"] == 0.5
@@ -130,3 +137,22 @@ def test_fast_on_adult(adult_table: pa.Table) -> None:
     assert q["num_rows"] == 48842
     sex = next(c for c in q["columns"] if c["name"] == "sex")
     assert sum(g["count"] for g in sex["groups"]) + sex["missing"] == 48842
+
+
+def test_infinities_are_counted_per_row_and_warned_about() -> None:
+    # A float column, and arrays of floats (an infinity anywhere in a row's array counts the
+    # row once): imputation fills missing values, not these.
+    inf = float("inf")
+    table = pa.table(
+        {
+            "x": [1.0, inf, None, -inf, 2.0],
+            "seq": [[1.0, inf, inf], [0.0], None, [[-inf]][0], [3.0]],
+            "n": [1, 2, 3, 4, 5],
+        }
+    )
+    q = quality_report(table)
+    cols = {c["name"]: c for c in q["columns"]}
+    assert (cols["x"]["infinite"], cols["seq"]["infinite"], cols["n"]["infinite"]) == (2, 2, 0)
+    infinite = [w for w in q["warnings"] if w["kind"] == "infinite"]
+    assert [w["column"] for w in infinite] == ["x", "seq"]
+    assert "in 2 of 5 rows" in infinite[0]["message"]
