@@ -173,8 +173,16 @@ def test_api_gets_its_secrets_from_existing_secrets(
     ray_token = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ray_token["name"] == values.get("ray", {}).get("authTokenSecret", "crucible-ray-auth")
     assert _config(objects)["RAY_AUTH_MODE"] == "token"
+    metrics_secret = values.get("metrics", {}).get("tokenSecret")
+    if metrics_secret:
+        metrics_token = env["CRUCIBLE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert metrics_token == {"name": metrics_secret, "key": "token"}
+    else:
+        assert "CRUCIBLE_METRICS_TOKEN" not in env
+    assert "CRUCIBLE_METRICS_TOKEN" not in _config(objects)
     # Secrets come from Secrets only, never as plain values.
-    for secret in ("CRUCIBLE_BOOTSTRAP_TOKEN", "CRUCIBLE_SECRET_KEY", "RAY_AUTH_TOKEN"):
+    secrets = ["CRUCIBLE_BOOTSTRAP_TOKEN", "CRUCIBLE_SECRET_KEY", "RAY_AUTH_TOKEN"]
+    for secret in secrets + (["CRUCIBLE_METRICS_TOKEN"] if metrics_secret else []):
         assert set(env[secret]) == {"name", "valueFrom"}
     assert container["envFrom"] == [{"configMapRef": {"name": f"{FULLNAME}-config"}}]
 
@@ -488,6 +496,63 @@ def test_monitors_and_rules() -> None:
         assert not by_kind(minimal, kind)
 
 
+def test_service_monitor_scrapes_with_the_metrics_token() -> None:
+    """GET /metrics takes the metrics token (or an admin's): the ServiceMonitor sends the token
+    of metrics.tokenSecret as a bearer token, and the API gets the same Secret's token as
+    CRUCIBLE_METRICS_TOKEN."""
+    values = load_values("ingress")
+    secret = values["metrics"]["tokenSecret"]
+    objects = render(values)
+    (endpoint,) = one(objects, "ServiceMonitor", FULLNAME)["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": secret, "key": "token"},
+    }
+    env = _env(_api(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["CRUCIBLE_METRICS_TOKEN"] == {
+        "name": "CRUCIBLE_METRICS_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
+    }
+    # Ray's metrics port is not the API's: the PodMonitor sends no API token.
+    (ray_endpoint,) = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert "authorization" not in ray_endpoint
+    notes = render_templates(values)["crucible/templates/NOTES.txt"]
+    assert f'bearer token of Secret "{secret}"' in notes
+
+
+def test_metrics_token_without_the_service_monitor() -> None:
+    """A Prometheus configured by hand scrapes with the token too: the API gets it whenever
+    metrics.tokenSecret is set, with or without the ServiceMonitor."""
+    values = load_values("minimal")
+    values["metrics"] = {"tokenSecret": "crucible-metrics"}
+    objects = render(values)
+    assert not by_kind(objects, "ServiceMonitor")
+    env = _env(_api(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["CRUCIBLE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "crucible-metrics",
+        "key": "token",
+    }
+    assert not schema_errors(_api(objects))
+
+
+def test_monitoring_schema_refuses_a_malformed_authorization() -> None:
+    """The hand-written monitoring.coreos.com subset types `authorization` as the operator
+    does: a SecretKeySelector needs its key, unknown fields and the Basic type are refused."""
+    sm = one(render(load_values("ingress")), "ServiceMonitor")
+    assert not schema_errors(sm)
+    bad_authorizations: list[dict[str, Any]] = [
+        {"type": "Bearer", "credentials": {"name": "crucible-metrics"}},
+        {"type": "Bearer", "credentials": {"name": "crucible-metrics", "key": "token", "x": 1}},
+        {"type": "basic", "credentials": {"name": "crucible-metrics", "key": "token"}},
+        {"type": "Bearer", "secret": "crucible-metrics"},
+    ]
+    for authorization in bad_authorizations:
+        endpoint = {**sm["spec"]["endpoints"][0], "authorization": authorization}
+        broken = {**sm, "spec": {**sm["spec"], "endpoints": [endpoint]}}
+        assert schema_errors(broken), authorization
+
+
 def test_dashboards_configmap_holds_dashboards_folder() -> None:
     objects = render(load_values("minimal"))
     cm = one(objects, "ConfigMap", f"{FULLNAME}-dashboards")
@@ -531,6 +596,18 @@ def test_chart_files_link_to_dashboards_folder() -> None:
             lambda v: v.update(artifacts={"persistence": {"enabled": False}}),
             "artifacts.root is required",
         ),
+        (
+            # A scrape without the token can only get 401.
+            lambda v: v.update(metrics={"serviceMonitor": {"enabled": True}}),
+            "metrics.tokenSecret is required when metrics.serviceMonitor.enabled is true: "
+            "GET /metrics answers 401 without a token, so name an existing Secret with key "
+            "'token'",
+        ),
+        (
+            # Prometheus's configuration would hold an admin's token.
+            lambda v: v.update(metrics={"tokenSecret": v["auth"]["bootstrapTokenSecret"]}),
+            "metrics.tokenSecret must not be auth.bootstrapTokenSecret",
+        ),
     ],
 )
 def test_missing_required_values_fail_with_a_message(change: Any, message: str) -> None:
@@ -548,6 +625,8 @@ def test_missing_required_values_fail_with_a_message(change: Any, message: str) 
         {"ray": {"address": "http://ray:6379"}},
         {"image": {"pullPolicy": "Sometimes"}},
         {"artifacts": {"root": "s3://bucket/crucible"}},
+        {"metrics": {"tokenSecret": "Crucible_Metrics"}},
+        {"metrics": {"token": "not-a-secret-name"}},
     ],
 )
 def test_schema_refuses_unknown_or_malformed_values(values: dict[str, Any]) -> None:
