@@ -150,7 +150,10 @@ class Stack:
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("crucible")
-    with start_up(data_dir) as up:
+    # Where tests put files to register by URI (image folders can only come that way).
+    (data_dir / "incoming").mkdir()
+    roots = {"CRUCIBLE_DATASET_ROOTS": str(data_dir / "incoming")}
+    with start_up(data_dir, env=roots) as up:
         assert (data_dir / "token").stat().st_mode & 0o777 == 0o600
         client = Crucible(up.url, up.token)
         yield Stack(up.url, up.token, data_dir, up.dashboard_url, up.ray_token, client)
