@@ -206,25 +206,36 @@ class Predictor:
         probs = torch.softmax(out, dim=1).numpy()
         return probs.argmax(1), probs
 
-    def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
-        columns = self.preprocessor.columns_from_records(instances)
-        return self.predict_many([(instances, columns)])[0]
+    def predict(self, instances: list[dict[str, Any]], finite: bool = False) -> dict[str, Any]:
+        columns = self.preprocessor.columns_from_records(instances, finite)
+        return self.predict_many([(instances, columns)], finite)[0]
 
     def predict_many(
-        self, requests: list[tuple[list[dict[str, Any]], dict[str, np.ndarray]]]
+        self,
+        requests: list[tuple[list[dict[str, Any]], dict[str, np.ndarray]]],
+        finite: bool = False,
     ) -> list[dict[str, Any]]:
         """Answer several requests with one forward pass. Each request comes as its instances
         and the raw columns ``preprocessor.columns_from_records`` made of them (checked per
-        request first, so that one bad request does not fail the others)."""
+        request first, so that one bad request does not fail the others).
+
+        ``finite`` (serving): an instance whose output is NaN or infinite (an input far
+        outside what the model was trained on can overflow inside the network) is a
+        DataError naming it, instead of an answer JSON cannot carry."""
         if len(requests) == 1:
             instances, columns = requests[0]
-            return [self._answer(instances, *self.predict_columns(columns))]
+            codes, extra = self.predict_columns(columns)
+            if finite:
+                _check_finite(codes, extra)
+            return [self._answer(instances, codes, extra)]
         names = list(requests[0][1])
         joined = {n: np.concatenate([cols[n] for _, cols in requests]) for n in names}
         codes, extra = self.predict_columns(joined)
         out, start = [], 0
         for instances, _ in requests:
             end = start + len(instances)
+            if finite:
+                _check_finite(codes[start:end], extra[start:end])
             out.append(self._answer(instances, codes[start:end], extra[start:end]))
             start = end
         return out
@@ -274,6 +285,21 @@ class Predictor:
             hashlib.sha256(json.dumps(instances, sort_keys=True, default=str).encode()).digest()[:8]
         )
         return np.where(apply_decisions(chance, seed), pos, 1 - pos)
+
+
+def _check_finite(codes: np.ndarray, extra: np.ndarray) -> None:
+    """DataError naming the first instance whose outputs are not all finite numbers."""
+    n = len(codes)
+    fine = np.isfinite(np.asarray(codes, np.float64)) & np.isfinite(
+        np.asarray(extra, np.float64).reshape(n, -1)
+    ).all(axis=1)
+    if not fine.all():
+        row = int(np.flatnonzero(~fine)[0])
+        raise DataError(
+            f"instances[{row}]: the model's output is not a finite number (an input far "
+            "outside the range the model was trained on overflows inside it)",
+            ["instances", row],
+        )
 
 
 def read_manifest(folder: Path | str, expected_digest: str | None = None) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from jobs.data import ColumnKind, Columns, DataError
 from jobs.spec import PreprocessingSpec
 
 Layout = Literal["flat", "image", "sequence"]
+# The model's inputs are float32: a scaled value beyond this becomes inf on the way in.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -244,11 +246,17 @@ class Preprocessor:
             + [{"name": c.name, "kind": "array", "shape": c.shape} for c in self.arrays]
         )
 
-    def columns_from_records(self, records: list[dict[str, Any]]) -> Columns:
+    def columns_from_records(self, records: list[dict[str, Any]], finite: bool = False) -> Columns:
         """Turn JSON instances into raw columns, rejecting what cannot be encoded.
 
         A key that is absent is an error (a client bug); an explicit null is a missing value
         and is filled like in training.
+
+        ``finite`` (serving): a NaN or an infinity is refused rather than taken as missing
+        (JSON has neither, so a client that sends one sent something other than a number),
+        and so is a finite number that this preprocessing would scale past float32, the
+        model's input type: either would reach the network as inf and come out as NaN.
+        Batch scoring leaves it off: a Parquet NaN there is a missing value, as in training.
         """
         if not isinstance(records, list) or not records:
             raise DataError("instances must be a non-empty list of objects")
@@ -258,19 +266,46 @@ class Preprocessor:
         columns: Columns = {}
         for num in self.numeric:
             columns[num.name] = np.array(
-                [_number(_get(rec, num.name, i), num.name, i) for i, rec in enumerate(records)],
+                [
+                    _number(_get(rec, num.name, i), num.name, i, finite)
+                    for i, rec in enumerate(records)
+                ],
                 dtype=np.float64,
             )
         for cat in self.categorical:
             columns[cat.name] = np.array(
-                [_text(_get(rec, cat.name, i), cat.name, i) for i, rec in enumerate(records)],
+                [
+                    _text(_get(rec, cat.name, i), cat.name, i, finite)
+                    for i, rec in enumerate(records)
+                ],
                 dtype=object,
             )
         for arr in self.arrays:
             columns[arr.name] = np.stack(
-                [_array(_get(rec, arr.name, i), arr, i) for i, rec in enumerate(records)]
+                [_array(_get(rec, arr.name, i), arr, i, finite) for i, rec in enumerate(records)]
             )
+        if finite:
+            self._check_range(columns)
         return columns
+
+    def _check_range(self, columns: Columns) -> None:
+        """Refuse the first value whose scaled form (what the model is fed, as float32) is
+        not finite, naming its instance and column."""
+        scaled: list[tuple[str, np.ndarray, float, float, float]] = [
+            (c.name, columns[c.name], c.fill, c.center, c.scale) for c in self.numeric
+        ] + [(a.name, columns[a.name], a.fill, a.center, a.scale) for a in self.arrays]
+        for name, values, fill, center, scale in scaled:
+            with np.errstate(over="ignore", invalid="ignore"):
+                encoded = (np.where(np.isnan(values), fill, values) - center) / scale
+            fits = np.abs(encoded.reshape(len(values), -1)) <= FLOAT32_MAX
+            bad = np.flatnonzero(~fits.all(axis=1))
+            if bad.size:
+                row = int(bad[0])
+                raise DataError(
+                    f"instances[{row}].{name} is out of range for this model: scaled as in "
+                    f"training it passes the largest float32 ({FLOAT32_MAX:.4g})",
+                    ["instances", row, name],
+                )
 
 
 def _get(rec: dict[str, Any], name: str, row: int) -> Any:
@@ -279,32 +314,45 @@ def _get(rec: dict[str, Any], name: str, row: int) -> Any:
     return rec[name]
 
 
-def _number(value: Any, name: str, row: int) -> float:
+def _number(value: Any, name: str, row: int, finite: bool = False) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DataError(
-            f"instances[{row}].{name} must be a number, got {value!r}", ["instances", row, name]
+            f"instances[{row}].{name} must be a number, got {_shown(value)}",
+            ["instances", row, name],
         )
-    return float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        out = math.inf
+    if finite and not math.isfinite(out):
+        raise DataError(
+            f"instances[{row}].{name} must be a finite number, got {_shown(value)}",
+            ["instances", row, name],
+        )
+    return out
 
 
-def _text(value: Any, name: str, row: int) -> str | None:
+def _text(value: Any, name: str, row: int, finite: bool = False) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str | int | float | bool):
+    if not isinstance(value, str | int | float | bool) or (
+        finite and isinstance(value, float) and not math.isfinite(value)
+    ):
         raise DataError(
-            f"instances[{row}].{name} must be a string, got {value!r}", ["instances", row, name]
+            f"instances[{row}].{name} must be a string, got {_shown(value)}",
+            ["instances", row, name],
         )
     return str(value)
 
 
-def _array(value: Any, arr: ArrayColumn, row: int) -> np.ndarray:
+def _array(value: Any, arr: ArrayColumn, row: int, finite: bool = False) -> np.ndarray:
     if value is None:
         return np.full(arr.shape, math.nan)
     try:
         out = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(
             f"instances[{row}].{arr.name} must be an array of numbers of shape {arr.shape}",
             ["instances", row, arr.name],
@@ -314,7 +362,20 @@ def _array(value: Any, arr: ArrayColumn, row: int) -> np.ndarray:
             f"instances[{row}].{arr.name} has shape {list(out.shape)}; the model takes {arr.shape}",
             ["instances", row, arr.name],
         )
+    # NaN inside an array is a null element (a missing pixel or step, filled like in
+    # training); an infinity is never a value.
+    if finite and np.isinf(out).any():
+        raise DataError(
+            f"instances[{row}].{arr.name} holds an infinite number",
+            ["instances", row, arr.name],
+        )
     return out
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: cut short (an integer of 4,000 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def layout_for(architecture: str, kinds: dict[str, ColumnKind]) -> Layout:

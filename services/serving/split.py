@@ -17,9 +17,9 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from services.serving.requests import read_payload, request_id
+from services.serving.requests import DEFAULT_MAX_BODY_BYTES, read_payload, request_id, respond
 
 
 @serve.deployment(name="TrafficSplit")
@@ -27,11 +27,13 @@ class TrafficSplit:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.token_hashes: frozenset[str] = frozenset()
+        self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
         self.versions: list[tuple[DeploymentHandle, float]] = []
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         # Weights and tokens through user_config: moving the split is no redeploy.
         self.token_hashes = frozenset(config.get("token_hashes", []))
+        self.max_body_bytes = int(config.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         self.versions = [
             (serve.get_deployment_handle("ModelServer", app), float(weight))
             for app, weight in config["weights"]
@@ -39,13 +41,13 @@ class TrafficSplit:
         ]
 
     async def __call__(self, request: Request) -> Response:
-        body = await read_payload(request, self.token_hashes)
+        body = await read_payload(request, self.token_hashes, self.max_body_bytes)
         if isinstance(body, Response):
             return body
         handles, weights = zip(*self.versions, strict=True)
         handle = random.choices(handles, weights)[0]
         status, answer = await handle.answer.remote(body, request_id(request))
-        return JSONResponse(answer, status_code=status)
+        return respond(status, answer)
 
 
 def build(args: dict[str, Any]) -> Application:

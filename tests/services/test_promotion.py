@@ -85,6 +85,15 @@ class Api:
     def post(self, path: str, **kw: Any) -> Any:
         return self.c.post(path, headers=self.h, **kw)
 
+    def app(self, name: str) -> str:
+        """What Serve calls the application the control plane names ``name``."""
+        return self.deployer.serve_name(name)
+
+    @staticmethod
+    def routes(config: dict[str, Any]) -> dict[str, str | None]:
+        """Application → its route (None: off HTTP) in a pushed config."""
+        return {a["name"]: a["route_prefix"] for a in config["applications"]}
+
     def succeeded_job(
         self,
         promotion: dict[str, Any] | None = None,
@@ -146,10 +155,10 @@ def test_gates_pass_and_the_version_moves_blue_green(api: Api) -> None:
     out = r.json()
     model = out["model_id"]
     assert out["overridden"] is False and all(c["passed"] for c in out["checks"])
-    # First the new version beside nothing on the staging route, then the switch.
+    # First the new version beside nothing, off HTTP, then the switch.
     staged, _switched = api.deployer.configs
-    assert [a["route_prefix"] for a in staged["applications"]] == ["/_candidate/adult"]
-    assert api.deployer.routes() == {"/adult": f"adult--{model}"}
+    assert api.routes(staged) == {api.app(f"adult--{model}"): None}
+    assert api.deployer.routes() == {"/adult": api.app(f"adult--{model}")}
     ep = api.get("/v1/endpoints/adult").json()
     assert ep["model_id"] == model
     assert ep["history"][0]["status"] == "succeeded" and ep["history"][0]["kind"] == "promote"
@@ -220,8 +229,8 @@ def test_a_version_that_fails_to_start_leaves_the_old_one_serving(api: Api) -> N
     assert r.status_code == 502
     # The candidate was staged beside the old version, then removed; the route never moved.
     staged, _restored = api.deployer.configs[models_before:]
-    assert {a["route_prefix"] for a in staged["applications"]} == {"/e", "/_candidate/e"}
-    assert api.deployer.routes() == {"/e": f"e--{old['model_id']}"}
+    assert sorted(api.routes(staged).values(), key=str) == ["/e", None]
+    assert api.deployer.routes() == {"/e": api.app(f"e--{old['model_id']}")}
     ep = api.get("/v1/endpoints/e").json()
     assert ep["model_id"] == old["model_id"]
     assert ep["history"][0]["status"] == "failed" and "boom" in ep["history"][0]["detail"]
@@ -235,10 +244,13 @@ def test_rollback_returns_to_the_previous_version(api: Api) -> None:
     r = api.post("/v1/endpoints/e/rollback")
     assert r.status_code == 200, r.text
     assert r.json()["model_id"] == a["model_id"]
-    assert api.deployer.routes() == {"/e": f"e--{a['model_id']}"}
+    assert api.deployer.routes() == {"/e": api.app(f"e--{a['model_id']}")}
     # Staged on the side first, like any promotion.
     staged = api.deployer.configs[-2]
-    assert {a_["route_prefix"] for a_ in staged["applications"]} == {"/e", "/_candidate/e"}
+    assert api.routes(staged) == {
+        api.app(f"e--{b['model_id']}"): "/e",
+        api.app(f"e--{a['model_id']}"): None,
+    }
     top = api.get("/v1/endpoints/e").json()["history"][0]
     assert top["kind"] == "rollback" and top["previous_model_id"] == b["model_id"]
     # Rolling back again returns to b: the rollback is what replaced it.
@@ -366,18 +378,18 @@ def test_a_canary_splits_then_completes_or_rolls_back(api: Api) -> None:
     r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 10}})
     assert r.status_code == 200, r.text
     canary = r.json()["model_id"]
-    # The new version and the split started on staging routes before the route moved.
+    # The new version and the split started off HTTP before the route moved.
     staged_split = api.deployer.configs[-2]
-    assert {a["route_prefix"] for a in staged_split["applications"]} == {
-        "/e",
-        "/_candidate/e",
-        "/_split/e",
+    assert api.routes(staged_split) == {
+        api.app(f"e--{stable}"): "/e",
+        api.app(f"e--{canary}"): None,
+        api.app("e--split"): None,
     }
-    assert api.deployer.routes() == {"/e": "e--split"}
+    assert api.deployer.routes() == {"/e": api.app("e--split")}
     apps = api.deployer.apps()
-    split = apps["e--split"]["deployments"][0]["user_config"]["weights"]
-    assert split == [[f"e--{stable}", 90], [f"e--{canary}", 10]]
-    assert {f"e--{stable}", f"e--{canary}"} <= set(apps)
+    split = apps[api.app("e--split")]["deployments"][0]["user_config"]["weights"]
+    assert split == [[api.app(f"e--{stable}"), 90], [api.app(f"e--{canary}"), 10]]
+    assert {api.app(f"e--{stable}"), api.app(f"e--{canary}")} <= set(apps)
     ep = api.get("/v1/endpoints/e").json()
     assert ep["model_id"] == stable and ep["canary"] == {"model_id": canary, "percent": 10}
     assert ep["history"][0]["detail"] == "canary: 10% of requests"
@@ -389,11 +401,11 @@ def test_a_canary_splits_then_completes_or_rolls_back(api: Api) -> None:
     # Move the share, then give the canary everything: the split goes, the route is direct.
     r = api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e", "traffic": {"new": 50}})
     assert r.status_code == 200, r.text
-    weights = api.deployer.apps()["e--split"]["deployments"][0]["user_config"]["weights"]
-    assert weights == [[f"e--{stable}", 50], [f"e--{canary}", 50]]
+    weights = api.deployer.apps()[api.app("e--split")]["deployments"][0]["user_config"]["weights"]
+    assert weights == [[api.app(f"e--{stable}"), 50], [api.app(f"e--{canary}"), 50]]
     assert api.post(f"/v1/jobs/{job}/promote", json={"endpoint": "e"}).status_code == 200
-    assert api.deployer.routes() == {"/e": f"e--{canary}"}
-    assert set(api.deployer.apps()) == {f"e--{canary}"}
+    assert api.deployer.routes() == {"/e": api.app(f"e--{canary}")}
+    assert set(api.deployer.apps()) == {api.app(f"e--{canary}")}
     ep = api.get("/v1/endpoints/e").json()
     assert ep["model_id"] == canary and ep["canary"] is None
 
@@ -402,7 +414,7 @@ def test_a_canary_splits_then_completes_or_rolls_back(api: Api) -> None:
     assert r.status_code == 200, r.text
     r = api.post("/v1/endpoints/e/rollback")
     assert r.status_code == 200 and r.json()["model_id"] == canary
-    assert api.deployer.routes() == {"/e": f"e--{canary}"}
+    assert api.deployer.routes() == {"/e": api.app(f"e--{canary}")}
     top = api.get("/v1/endpoints/e").json()["history"][0]
     assert top["kind"] == "rollback" and top["detail"] == "canary rolled back"
 
@@ -435,7 +447,7 @@ def test_serving_settings_reach_the_deployment_and_bad_ones_are_422(api: Api) ->
         f"/v1/jobs/{job}/promote", json={"endpoint": "e", "serving": {"max_batch_size": 32}}
     )
     assert r.status_code == 200, r.text
-    d = api.deployer.apps()[f"e--{r.json()['model_id']}"]["deployments"][0]
+    d = api.deployer.apps()[api.app(f"e--{r.json()['model_id']}")]["deployments"][0]
     assert d["autoscaling_config"] == {
         "min_replicas": 1,
         "max_replicas": 3,
