@@ -93,24 +93,22 @@ def test_the_probes_reproducers_are_4xx_and_the_api_is_the_same_process(stack: S
         # claiming 20000x20000 pixels (a 500 before).
         folder = incoming / "images"
         folder.mkdir()
+
+        def register(listed: str) -> list[Any]:
+            (folder / "labels.csv").write_text(f"file,label\n{listed}")
+            r = http.post(
+                f"{stack.url}/v1/datasets",
+                json={"name": "imgs", "uri": f"{folder}/"},
+                headers=auth(stack),
+                timeout=120,
+            )
+            assert r.status_code == 422, r.text
+            return list(r.json()["fields"][0]["loc"])
+
         Image.new("RGB", (6000, 6000)).save(folder / "huge.png")
-        (folder / "labels.csv").write_text("file,label\nhuge.png,1\nhuge.png,0\n")
-        r = http.post(
-            f"{stack.url}/v1/datasets",
-            json={"name": "imgs", "uri": f"{folder}/"},
-            headers=auth(stack),
-            timeout=120,
-        )
-        assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["uri", "huge.png"]
+        assert register("huge.png,1\nhuge.png,0\n") == ["uri", "huge.png"]
         (folder / "claims.png").write_bytes(png_claiming(20000, 20000))
-        (folder / "labels.csv").write_text("file,label\nclaims.png,1\n")
-        r = http.post(
-            f"{stack.url}/v1/datasets",
-            json={"name": "imgs", "uri": f"{folder}/"},
-            headers=auth(stack),
-            timeout=120,
-        )
-        assert r.status_code == 422 and r.json()["fields"][0]["loc"] == ["uri", "claims.png"]
+        assert register("claims.png,1\n") == ["uri", "claims.png"]
         # 3. 400 MiB declared to a cluster route and to a user route, with no token or a
         # wrong one: answered 401 at once, before a byte of body.
         before = rss_bytes(pid)
