@@ -157,7 +157,7 @@ def start_canary(
     history: dict[str, Any],
 ) -> None:
     """Send ``percent`` of the endpoint's requests to ``model_id``, the rest to the version
-    serving now: the new version and the split start on staging routes, then the endpoint's
+    serving now: the new version and the split start with no HTTP route, then the endpoint's
     route moves to the split."""
     new = EndpointState(
         target(db, endpoint, stable_id, serving), target(db, endpoint, model_id, serving), percent
