@@ -28,29 +28,35 @@ def up(
     num_cpus: int | None = None,
 ) -> None:
     """Start a local Ray head and the API (SQLite and artifacts under --data-dir)."""
-    from services.stack import LocalStack, PortBusy, StackConfig, stop_on_signals
+    from services.stack import (
+        LocalStack,
+        PortBusy,
+        StackConfig,
+        UnsafeDir,
+        stop_on_signals,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop_on_signals()
-    stack = LocalStack(
-        StackConfig(
-            data_dir=data_dir.expanduser(),
-            port=port,
-            ray_port=ray_port,
-            dashboard_port=dashboard_port,
-            serve_port=serve_port,
-            client_server_port=client_server_port,
-            agent_port=agent_port,
-            num_cpus=num_cpus,
-            ray_address=os.environ.get("RAY_ADDRESS") or None,
-        )
-    )
     console.print(f"Starting Crucible (data in {data_dir}) ...")
     try:
+        stack = LocalStack(
+            StackConfig(
+                data_dir=data_dir.expanduser(),
+                port=port,
+                ray_port=ray_port,
+                dashboard_port=dashboard_port,
+                serve_port=serve_port,
+                client_server_port=client_server_port,
+                agent_port=agent_port,
+                num_cpus=num_cpus,
+                ray_address=os.environ.get("RAY_ADDRESS") or None,
+            )
+        )
         stack.start()
     except KeyboardInterrupt:  # Ctrl-C while starting: start() has stopped what it started
         raise typer.Exit(0) from None
-    except PortBusy as exc:
+    except (PortBusy, UnsafeDir) as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
     console.print(
@@ -94,15 +100,15 @@ def demo(
 ) -> None:
     """Run the whole flow on the built-in Adult dataset, then stop."""
     from services.demo import run_demo
-    from services.stack import LocalStack, PortBusy, StackConfig
+    from services.stack import LocalStack, PortBusy, StackConfig, UnsafeDir
 
     folder = data_dir or Path(tempfile.mkdtemp(prefix="crucible-demo-"))
     t0 = time.monotonic()
-    stack = LocalStack(StackConfig(data_dir=folder, port=port))
     console.print(f"Starting a local stack (Ray head + API on :{port}, data in {folder}) ...")
     try:
+        stack = LocalStack(StackConfig(data_dir=folder, port=port))
         stack.start()
-    except PortBusy as exc:
+    except (PortBusy, UnsafeDir) as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
     try:
