@@ -221,7 +221,7 @@ files = st.one_of(
 
 
 @settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     suppress_health_check=list(HealthCheck),
