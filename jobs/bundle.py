@@ -48,6 +48,18 @@ class BundleError(ValueError):
     """A bundle is missing, malformed or does not match its recorded digest."""
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every
+    thread for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -146,7 +158,10 @@ def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
-        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by serving replicas
+        # mkdtemp makes it private; a bundle is read by serving replicas, which may run as
+        # another user on a shared volume: the folder gets the mode the umask gives any
+        # folder (0755 by default, 0700 under `crucible up`'s umask of 077).
+        tmp.chmod(0o777 & ~_umask())
         if folder.exists():
             # A relaunched driver writes its bundle again: the old one goes aside first (a
             # folder cannot be renamed over a non-empty one).

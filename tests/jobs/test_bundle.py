@@ -97,3 +97,15 @@ def test_a_full_disk_leaves_no_partial_bundle(tmp_path: Path) -> None:
         # The bundle that was there is whole and unchanged; no new one, no temporary folder.
         assert load_bundle(folder, digest).manifest["metadata"] == {"job_id": "job_1"}
         assert sorted(p.name for p in store.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700)])
+def test_a_bundle_folder_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    # `crucible up` runs with umask 077: its bundles were 0755 all the same (a fixed chmod).
+    old = os.umask(umask)
+    try:
+        folder, *_ = make(tmp_path)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == mode
+    assert all(f.stat().st_mode & 0o777 == mode & 0o666 for f in folder.iterdir())
