@@ -41,11 +41,13 @@ def api_pid(stack: Stack) -> int:
     return int((stack.data_dir / "api.pid").read_text())
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now, or with ``VmHWM`` its peak so far (what a request needed on its
+    way, even if it gave it back)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 def auth(stack: Stack) -> dict[str, str]:
@@ -111,12 +113,23 @@ def test_the_probes_reproducers_are_4xx_and_the_api_is_the_same_process(stack: S
         assert register("claims.png,1\n") == ["uri", "claims.png"]
         # 3. 400 MiB declared to a cluster route and to a user route, with no token or a
         # wrong one: answered 401 at once, before a byte of body.
-        before = rss_bytes(pid)
+        before = rss_bytes(pid, "VmHWM")
         for path in ("/v1/internal/jobs/job_x/events", "/v1/jobs", "/v1/datasets"):
             for headers in ({}, {"Authorization": "Bearer cru_wrong"}):
                 line = first_line_of_answer(stack.url, path, headers, 400 * 1024 * 1024)
                 assert line.startswith("HTTP/1.1 401"), (path, headers, line)
-        assert rss_bytes(pid) - before < 50 * 1024 * 1024
+        assert rss_bytes(pid, "VmHWM") - before < 50 * 1024 * 1024
+        # 4. A large CSV: parsed in the reader's process, so the API's memory stays put (a
+        # 203 MB CSV added 1.5 GB to it before). 64 MB here keeps the test short.
+        row = b"39,State-gov,77516,Bachelors,13,Never-married,Adm-clerical,White,Male,2174\n"
+        csv = b"age,wc,fnlwgt,edu,edu_num,marital,occ,race,sex,gain\n" + row * (
+            64 * 1024 * 1024 // len(row)
+        )
+        before = rss_bytes(pid, "VmHWM")
+        r = upload(http, stack, csv, "big.csv")
+        assert r.status_code == 201, r.text
+        grown = rss_bytes(pid, "VmHWM") - before
+        assert grown < 100 * 1024 * 1024, grown
     assert api_pid(stack) == pid
     assert httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200
     left = list((stack.data_dir / "artifacts" / "datasets").glob(".upload-*"))
