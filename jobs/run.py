@@ -62,6 +62,7 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
     import ray
 
     from jobs.search import run_search
+    from jobs.tune_state import state_key
 
     prepared = prepare(manifest.spec, manifest.dataset_uri)
     spec = prepared.spec
@@ -79,7 +80,10 @@ def execute(manifest: Manifest, sink: EventSink) -> dict[str, Any]:
         data = dataclasses.replace(data, init_state=parent_weights(manifest.parent, spec))
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    best = run_search(spec, data, manifest.job_dir / "tune", manifest.job_id, sink)
+    # The job's token (an HMAC of the job id under the control plane's secret): a relaunched
+    # driver of this job gets the same one, the artifact store never holds it.
+    key = state_key(os.environ["CRUCIBLE_JOB_TOKEN"])
+    best = run_search(spec, data, manifest.job_dir / "tune", manifest.job_id, sink, key)
 
     from jobs.finish import finish
 

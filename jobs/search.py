@@ -18,12 +18,14 @@ early by a scheduler still has its best weights on record.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import (
@@ -37,6 +39,7 @@ from ray.tune.schedulers import (
 from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from jobs import tune_state
 from jobs.events import EventSink
 from jobs.spec import Domain, JobSpec, SearchSpec, effective_spec
 from jobs.train_data import TrainData
@@ -136,15 +139,37 @@ def train_one_trial(config: dict[str, Any], *, spec_json: dict[str, Any], data: 
     train(config, spec_json=spec_json, data=data)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)$", re.MULTILINE)
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*(?:Error|Exception|Exit)\b)")
+
+
 def trial_error_text(trial: Trial) -> str:
+    """What a trial's latest failure says, read from the text Tune appended to the trial's
+    error.txt on the driver's disk just before calling back. Not ``get_pickled_error()``:
+    error.pkl is a pickle, and the copy it reads in the artifact store is the previous
+    sync's, so it gave the failure before this one, or none."""
+    path = trial.error_file
     try:
-        exc = trial.get_pickled_error()
-    except Exception:  # the error file itself may be unreadable; say what we can
-        exc = None
-    if exc is None:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    blocks = _FAILURE_HEADER.split(_ANSI.sub("", text))
+    block = blocks[-1].strip("\n") if len(blocks) > 1 else ""
+    if not block.strip():
         return "trial failed (no error recorded)"
-    cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {cause}"
+    lines = block.splitlines()
+    # A Python traceback (the trial's own exception): its message is what follows the last
+    # frame, which is the frame's '  File ...' line and its indented source and carets.
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if frames:
+        rest = lines[frames[-1] + 1 :]
+        while rest and rest[0][:1].isspace():
+            rest = rest[1:]
+        if rest:
+            lines = rest
+    # "jobs.train.TrainingError: ..." reads as "TrainingError: ...", as Python prints builtins.
+    return _QUALIFIED.sub(r"\1", "\n".join(lines).strip())
 
 
 # The driver's live connections to the control plane, by experiment name. Tune pickles the
@@ -218,6 +243,17 @@ class ProgressCallback(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["name"], state["codec"], state.get("needs"))  # type: ignore[misc]
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        # Tune catches a failed resume (a state file refused while it read it) and starts
+        # the search over; this runs right after, before any trial, and fails the job.
+        tune_state.check(self.name)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         """Says when the search has stalled for resources (``job.waiting``) and when it goes
@@ -380,9 +416,10 @@ class SearchFailed(RuntimeError):
 
 
 def run_search(
-    spec: JobSpec, data: TrainData, storage: Path, name: str, sink: EventSink
+    spec: JobSpec, data: TrainData, storage: Path, name: str, sink: EventSink, state_key: bytes
 ) -> BestTrial:
-    """Run the job's search on the Ray cluster this process is connected to."""
+    """Run the job's search on the Ray cluster this process is connected to; ``state_key``
+    signs the search's saved state (:func:`jobs.tune_state.state_key`)."""
     # Checkpointing every epoch of small trials is the design, not a bottleneck to warn of.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     s = spec.search
@@ -407,16 +444,35 @@ def run_search(
     )
     _SINKS[name] = sink
     experiment = storage / name
-    if tune.Tuner.can_restore(experiment):
-        # A driver before this one died mid-search: pick its experiment up where it was.
-        # Finished trials keep their results; running ones resume from their checkpoints.
-        sink.emit("job.running", f"job.restored:{os.getpid()}", stage="restore")
-        tuner = tune.Tuner.restore(
-            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = _new_tuner(spec, trainable, codec, storage, name, num_trials, max_epochs)
-    results = tuner.fit()
+    # Tune pickles the search's state into the artifact store and unpickles it to restore:
+    # through this filesystem every such file is signed by this job's driver and read back
+    # only once it verifies (jobs/tune_state.py).
+    fs = tune_state.signed_filesystem(storage, state_key)
+    try:
+        if tune.Tuner.can_restore(str(experiment), storage_filesystem=fs):
+            # A driver before this one died mid-search: pick its experiment up where it was.
+            # Finished trials keep their results; running ones resume from their checkpoints.
+            # Refused (the job fails) when any state file is not as this job's driver wrote
+            # it: the state cannot be trusted, and hiding that behind a fresh search would
+            # leave the changed files in place and the tampering unseen.
+            tune_state.verify_experiment(fs, experiment)
+            sink.emit("job.running", f"job.restored:{os.getpid()}", stage="restore")
+            tuner = tune.Tuner.restore(
+                str(experiment),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=fs,
+            )
+        else:
+            tuner = _new_tuner(spec, trainable, codec, storage, fs, name, num_trials, max_epochs)
+        results = tuner.fit()
+        tune_state.check(name)
+    except tune_state.StateRefused as exc:
+        raise SearchFailed(
+            f"the search's saved state failed verification, so none of it was loaded: {exc}; "
+            "submit the job again to start a fresh search"
+        ) from exc
     _prune_checkpoints(results)
     return _best_of(results, spec, codec, sink)
 
@@ -426,6 +482,7 @@ def _new_tuner(
     trainable: Any,
     codec: SpaceCodec,
     storage: Path,
+    fs: pyarrow.fs.FileSystem,
     name: str,
     num_trials: int,
     max_epochs: int,
@@ -451,6 +508,7 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
+            storage_filesystem=fs,
             callbacks=[ProgressCallback(name, codec, trial_needs(spec))],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

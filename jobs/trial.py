@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import ray.train
 import torch
 from ray import tune
@@ -23,6 +22,7 @@ from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.search import SpaceCodec
 from jobs.spec import JobSpec, effective_spec
 from jobs.train import TrainData, TrainState, fit, init_model
+from jobs.tune_state import is_local
 
 
 def _resume_state(checkpoint: ray.train.Checkpoint | None) -> TrainState | None:
@@ -36,15 +36,19 @@ def _resume_state(checkpoint: ray.train.Checkpoint | None) -> TrainState | None:
     if checkpoint is None:
         return None
     folder = Path(checkpoint.path)
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and not folder.exists():
-        for newer in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
-            try:
-                return load_checkpoint(newer)
-            except (OSError, ValueError, KeyError, SafetensorError):
-                continue  # a copy the dying driver left half-written
-        raise FileNotFoundError(f"no checkpoint of this trial is left under {folder.parent}")
-    with checkpoint.as_directory() as local:
-        return load_checkpoint(Path(local))
+    if not is_local(checkpoint.filesystem):
+        with checkpoint.as_directory() as local:
+            return load_checkpoint(Path(local))
+    # The job's storage filesystem is the local disk behind a signing layer
+    # (jobs/tune_state.py): read the folder in place, as for a plain local checkpoint.
+    if folder.exists():
+        return load_checkpoint(folder)
+    for newer in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
+        try:
+            return load_checkpoint(newer)
+        except (OSError, ValueError, KeyError, SafetensorError):
+            continue  # a copy the dying driver left half-written
+    raise FileNotFoundError(f"no checkpoint of this trial is left under {folder.parent}")
 
 
 def train(config: dict[str, Any], *, spec_json: dict[str, Any], data: TrainData) -> None:

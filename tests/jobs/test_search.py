@@ -23,6 +23,7 @@ from jobs.events import EventSink
 from jobs.search import run_search
 from jobs.spec import JobSpec
 from jobs.train import TrainData
+from jobs.tune_state import state_key
 
 
 class Collector(EventCollector):
@@ -70,7 +71,7 @@ def search(collector: Collector, tmp_path: Path, name: str, **search_spec: Any) 
     )
     sink = EventSink(collector.url, name, "token")
     try:
-        return run_search(spec, blobs(), tmp_path / "tune", name, sink)
+        return run_search(spec, blobs(), tmp_path / "tune", name, sink, KEY)
     finally:
         assert sink.close(30)
 
@@ -81,6 +82,8 @@ def epochs_by_trial(c: Collector) -> dict[str, list[int]]:
         out.setdefault(e["trial_id"], []).append(e["epoch"])
     return out
 
+
+KEY = state_key("token")
 
 LR = {"training.learning_rate": {"loguniform": [0.001, 0.05]}}
 
