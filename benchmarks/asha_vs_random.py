@@ -11,6 +11,7 @@ lower of the two bests, so both reach it.
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def run(scheduler: str, args: argparse.Namespace, data: Any) -> list[dict[str, A
     )
     events = EventCollector()
     sink = EventSink(events.url, scheduler, "token")
-    run_search(spec, data, Path(tempfile.mkdtemp()), scheduler, sink)
+    run_search(spec, data, Path(tempfile.mkdtemp()), scheduler, sink, secrets.token_bytes(32))
     sink.close()
     return [e["data"] for e in events.of("trial.epoch")]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def main() -> None:
     events = EventCollector()
     sink = EventSink(events.url, "bench", "token")
     started, started_wall = time.perf_counter(), time.time()
-    run_search(spec, data, Path(tempfile.mkdtemp()), "overhead", sink)
+    run_search(spec, data, Path(tempfile.mkdtemp()), "overhead", sink, secrets.token_bytes(32))
     wall = time.perf_counter() - started
     ended_wall = time.time()
     sink.close()
