@@ -121,10 +121,11 @@ def test_a_file_needing_more_memory_than_the_cap_is_a_422(client: Client) -> Non
 
 
 def test_a_reader_past_its_time_is_a_422(client: Client) -> None:
-    client.settings.intake_timeout_s = 0.05
-    r = upload(client, b"a,b\n1,2\n", "slow.csv")
+    client.settings.intake_timeout_s = 0.01
+    rows = "".join(f"{i},{i * 0.5},text{i % 7}\n" for i in range(200_000))  # ~0.3 s to read
+    r = upload(client, f"a,b,c\n{rows}".encode(), "slow.csv")
     assert r.status_code == 422, r.text
-    assert "took longer than 0.05 s" in r.json()["detail"]
+    assert "took longer than 0.01 s" in r.json()["detail"]
     assert stored_nothing(client)
 
 
