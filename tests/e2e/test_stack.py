@@ -95,7 +95,11 @@ def test_killed_driver_is_relaunched_and_the_search_resumes(
             "name": "driver-kill",
             "dataset": {"id": ds["id"], "target": "income"},
             "model": {"hidden_sizes": [8]},
-            "training": {"epochs": 12, "batch_size": 32},
+            # Small batches make epochs long enough (~0.5 s) that Tune's snapshot of the search
+            # reaches the store before the checkpoint it names is rotated out (num_to_keep=2):
+            # a driver killed in between restores a snapshot naming a deleted checkpoint, and
+            # the trial cannot resume (docs/security.md, "The search's saved state").
+            "training": {"epochs": 12, "batch_size": 8},
             "search": {
                 "space": {"training.learning_rate": {"choice": [0.01, 0.02]}},
                 "algorithm": "grid",
@@ -113,6 +117,15 @@ def test_killed_driver_is_relaunched_and_the_search_resumes(
             break
         assert time.monotonic() < deadline, trials
         time.sleep(0.2)
+    # Tune snapshots the search every two trial checkpoints and copies the snapshot to the
+    # artifact store in the background: a driver killed before that copy lands restores an
+    # older snapshot, and the trial starts over (a CI run under load did). So the kill waits
+    # for a snapshot written after the second trial's second epoch was seen.
+    seen = time.time()
+    tune_dir = stack.data_dir / "artifacts" / "jobs" / job["id"] / "tune" / job["id"]
+    while not any(f.stat().st_mtime >= seen for f in tune_dir.glob("experiment_state-*.json")):
+        assert time.monotonic() < deadline, "no snapshot of the search reached the store"
+        time.sleep(0.1)
     driver = next(
         e for e in c.events(job["id"]) if e["type"] == "job.running" and e["data"].get("pid")
     )

@@ -75,7 +75,8 @@ def stack_pids(*roots: int) -> set[int]:
 def _name(pid: int) -> str:
     with contextlib.suppress(OSError):
         raw = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        return " ".join(raw.replace("\0", " ").split())[:120] or "?"
+        # Whole: a clone in a longer folder (CI's) pushes a script's name past any cut.
+        return " ".join(raw.replace("\0", " ").split()) or "?"
     return "?"
 
 
