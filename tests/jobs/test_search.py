@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,6 @@ class Collector(EventCollector):
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e["data"] for e in super().of(kind)]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    # "local": a new cluster of our own, never one another process left running.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    c = Collector()
-    yield c
-    c.server.shutdown()
 
 
 def blobs(n: int = 600, seed: int = 0) -> TrainData:
