@@ -94,15 +94,18 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def _cell_bytes(arr: pa.Array) -> np.ndarray | None:
+    """Bytes of each text or binary cell (0 where null); None for other columns."""
     t = arr.type
     if pa.types.is_dictionary(t):
-        return _cell_bytes(arr.dictionary)
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
-        lengths = pc.binary_length(arr)
-        return np.asarray(pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False))
-    if pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return np.asarray(pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False))
-    return None
+        # Per row, not per dictionary entry, so an error names the row (a batch is small).
+        return _cell_bytes(arr.dictionary_decode())
+    text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    binary = (
+        pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+    )
+    if not (text or binary):
+        return None
+    return np.asarray(pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False))
 
 
 def check_batch(batch: pa.RecordBatch, first_row: int, limits: Limits) -> None:
@@ -120,7 +123,7 @@ def check_batch(batch: pa.RecordBatch, first_row: int, limits: Limits) -> None:
             continue
         sizes = _cell_bytes(arr)
         if sizes is not None and len(sizes) and int(sizes.max()) > limits.max_cell_bytes:
-            row = int(sizes.argmax()) if not pa.types.is_dictionary(arr.type) else 0
+            row = int(sizes.argmax())
             raise DataError(
                 f"column '{name}', row {first_row + row}: a value of {int(sizes.max())} bytes; "
                 f"at most {limits.max_cell_bytes}",

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -101,7 +102,7 @@ class AuthenticateFirst:
 
     async def _check(self, scope: Scope, endpoint: Any, params: dict[str, Any]) -> None:
         app = scope["app"]
-        authorization = _header(scope, b"authorization")
+        authorization = Headers(scope=scope).get("authorization")
         cluster: ClusterCheck | None = getattr(endpoint, "cluster_check", None)
         if cluster is not None:
             secret = app.state.services.settings.resolved_secret_key
@@ -117,11 +118,3 @@ class AuthenticateFirst:
         limiter = getattr(app.state, "rate_limiter", None)
         if limiter is not None:
             limiter.check(principal.token_id)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None

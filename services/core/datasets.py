@@ -35,10 +35,10 @@ from services.core.dataset_uris import (
     open_location,
     stored_location,
 )
-from services.core.errors import Invalid, NotFound, PayloadTooLarge, QuotaExceeded
+from services.core.errors import Invalid, NotFound, PayloadTooLarge
 from services.core.ids import new_id
 from services.core.intake import IntakeCaps, OutputCapReached, inspect_file
-from services.core.projects import check_storage_quota
+from services.core.projects import check_storage_quota, over_storage_quota
 from services.store.models import Dataset, Project
 from services.store.projects import ProjectRepository
 from services.store.repositories import DatasetRepository
@@ -115,10 +115,9 @@ def _storage_room(session: Session, owner: Project | None) -> int | None:
     refused here, before a file is read; the rest is the cap on the Parquet copy's size."""
     if owner is None or owner.max_storage_bytes is None:
         return None
-    room = owner.max_storage_bytes - ProjectRepository(session).dataset_bytes(owner.id)
-    if room <= 0:
-        check_storage_quota(session, owner, 1)  # raises QuotaExceeded, saying what is used
-    return room
+    in_use = ProjectRepository(session).dataset_bytes(owner.id)
+    over_storage_quota(owner, in_use, 1)
+    return owner.max_storage_bytes - in_use
 
 
 def _inspected(
@@ -147,15 +146,9 @@ def _inspected(
         )
     except OutputCapReached:
         assert owner is not None and room is not None  # only a quota sets the cap
-        limit = owner.max_storage_bytes or 0
-        raise QuotaExceeded(
-            f"project '{owner.name}' quota max_storage_bytes: the stored copy passed the "
-            f"{room} bytes left of {limit}",
-            "max_storage_bytes",
-            limit,
-            limit - room,
-            room + 1,
-        ) from None
+        # The copy passed what was left: at least one byte more than the room.
+        over_storage_quota(owner, (owner.max_storage_bytes or 0) - room, room + 1)
+        raise  # not reached: the line above raises
 
 
 def _add_owned(session: Session, owner: Project | None, dataset: Dataset) -> Dataset:

@@ -234,4 +234,9 @@ def check_storage_quota(session: Session, project: Project, new_bytes: int) -> N
         return
     ProjectRepository(session).lock(project.id)
     in_use = ProjectRepository(session).dataset_bytes(project.id)
+    over_storage_quota(project, in_use, new_bytes)
+
+
+def over_storage_quota(project: Project, in_use: int, new_bytes: int) -> None:
+    """QuotaExceeded when ``new_bytes`` more would pass the project's storage quota."""
     _over(project, "max_storage_bytes", "bytes of datasets", in_use, new_bytes)
